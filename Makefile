@@ -1,0 +1,114 @@
+# kaggle_gan: NTU ML 2022 HW6 anime-face GANs, end to end.  `make help` lists everything.
+#
+# Every stage is a file target: a re-run skips finished work, a changed input
+# (DATA, SET, PRESET) re-runs what depends on it, and an interrupted training
+# run resumes from its last checkpoint.
+
+PYTHON  ?= python3
+VENV    ?= .venv
+DATA    ?= https://huggingface.co/datasets/LeoFeng/MLHW_6/resolve/main/faces.zip
+WORK    ?= work
+DEVICE  ?= auto
+SET     ?=
+PRESET  ?= strong
+RUN     ?= $(PRESET)
+SIZE    ?= 64
+COUNT   ?= 1000
+FORMAT  ?= tgz
+FORCE   ?=
+INCEPTION ?=
+DETECTOR  ?=
+# torch and torchvision must be a matched pair (a lone torchvision upgrade breaks at import)
+TORCH   ?= torch==2.14.1 torchvision==0.29.1
+
+BIN      := $(VENV)/bin
+KG       ?= $(BIN)/kaggle-gan
+INSTALLED ?= $(VENV)/.installed
+PREPARED := $(WORK)/data/prepare.json
+RUN_DIR  := $(WORK)/runs/$(RUN)
+SETTINGS := $(RUN_DIR)/.make-settings
+GENERATOR := $(RUN_DIR)/generator.pt
+IMAGES   := $(RUN_DIR)/images.json
+SCORES   := $(RUN_DIR)/scores.json
+SUBMISSION ?= submission
+ARCHIVE  := $(SUBMISSION)/$(RUN)/images.$(FORMAT)
+
+.PHONY: help setup prepare baseline medium wgan strong train generate submit score leaderboard presets test smoke always
+
+help:
+	@echo "Targets:"
+	@echo "  setup       create $(VENV) and install the package (every target does this first)"
+	@echo "  prepare     decode DATA into $(WORK)/data (one uint8 array + manifest)"
+	@echo "  baseline    the course's sample DCGAN (1 epoch)        -> submission/baseline/"
+	@echo "  medium      DCGAN, 20 epochs                           -> submission/medium/"
+	@echo "  wgan        WGAN with weight clipping                  -> submission/wgan/"
+	@echo "  strong      WGAN-GP                                    -> submission/strong/"
+	@echo "              (each: prepare -> train -> generate COUNT images -> submit)"
+	@echo "  train       train PRESET as RUN (resumes when interrupted)"
+	@echo "  generate    COUNT images from RUN into $(WORK)/runs/RUN/images"
+	@echo "  submit      validate and pack RUN's images into submission/RUN/images.FORMAT"
+	@echo "  score       FID + anime-face detection rate of RUN's images, with HW6 verdicts"
+	@echo "  leaderboard every scored run, best first"
+	@echo "  presets     what each preset changes, and why"
+	@echo "  test        run the test suite"
+	@echo "  smoke       the whole pipeline with a tiny model, minutes on a CPU"
+	@echo "Variables (current value):"
+	@echo "  DATA=$(DATA)"
+	@echo "      a zip, a folder of images or a URL"
+	@echo "  WORK=$(WORK)  DEVICE=$(DEVICE)  PRESET=$(PRESET)  RUN=$(RUN)  SIZE=$(SIZE)  COUNT=$(COUNT)"
+	@echo "  SET='$(SET)'   space-separated key=value overrides, e.g. SET='train.epochs=5 train.batch_size=128'"
+	@echo "  FORMAT=$(FORMAT) (tgz for HW6, zip for Kaggle)  FORCE=1 replaces an existing archive"
+	@echo "  INCEPTION=path|random:SEED  DETECTOR=path   (offline scoring)"
+
+setup: $(INSTALLED)
+$(INSTALLED): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+# prepare always runs (it is a no-op when DATA is unchanged) and touches its
+# output only when something changed, so downstream targets stay up to date.
+prepare: $(PREPARED)
+$(PREPARED): $(INSTALLED) always
+	$(KG) prepare --data '$(DATA)' --work '$(WORK)' --size $(SIZE)
+
+# the preset and overrides of a run, rewritten only when they change
+$(SETTINGS): always
+	@mkdir -p '$(@D)'
+	@echo '$(PRESET) $(SET)' | cmp -s - '$@' || echo '$(PRESET) $(SET)' > '$@'
+
+train: $(GENERATOR)
+$(GENERATOR): $(PREPARED) $(SETTINGS)
+	$(KG) train --preset $(PRESET) --run '$(RUN)' --work '$(WORK)' --device $(DEVICE) $(if $(strip $(SET)),--set '$(SET)')
+
+generate: $(IMAGES)
+$(IMAGES): $(GENERATOR)
+	$(KG) generate --run '$(RUN)' --work '$(WORK)' --count $(COUNT) --size 64 --device $(DEVICE)
+
+submit: $(ARCHIVE)
+$(ARCHIVE): $(IMAGES)
+	$(KG) submit --run '$(RUN)' --work '$(WORK)' --count $(COUNT) --format $(FORMAT) --out '$@' $(if $(FORCE),--force)
+
+baseline medium wgan strong:
+	@$(MAKE) --no-print-directory submit PRESET=$@
+
+score: $(SCORES)
+$(SCORES): $(IMAGES)
+	$(KG) score --run '$(RUN)' --work '$(WORK)' --device $(DEVICE) --out '$@' \
+		$(if $(INCEPTION),--inception-weights '$(INCEPTION)') $(if $(DETECTOR),--detector '$(DETECTOR)')
+
+leaderboard: $(INSTALLED)
+	$(KG) leaderboard --work '$(WORK)'
+
+presets: $(INSTALLED)
+	$(KG) presets
+
+test: $(INSTALLED)
+	$(BIN)/python -m pytest -q
+
+smoke:
+	@$(MAKE) --no-print-directory submit PRESET=smoke RUN=smoke WORK='$(WORK)/smoke'
+
+always:

@@ -1,0 +1,152 @@
+"""``kaggle-gan``: one sub-command per stage. Parses arguments and delegates; holds no logic."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from .io import UserError
+
+DEFAULT_WORK = "work"
+
+
+def _prepare(a):
+    from .data import prepare
+
+    prepare(a.data, Path(a.out or Path(a.work) / "data"), size=a.size, resample=a.filter, workers=a.workers,
+            force=a.force)
+
+
+def _train(a):
+    from .config import parse_set, resolve
+    from .train import train
+
+    cfg = resolve(a.preset, parse_set(a.set))
+    run = Path(a.work) / "runs" / (a.run or a.preset)
+    train(cfg, Path(a.data or Path(a.work) / "data"), run, device=a.device, resume=not a.no_resume)
+
+
+def _generate(a):
+    from .generate import generate
+
+    source = Path(a.checkpoint) if a.checkpoint else Path(a.work) / "runs" / a.run
+    out = Path(a.out) if a.out else Path(a.work) / "runs" / a.run / "images"
+    generate(source, out, n=a.count, seed=a.seed, size=a.size, device=a.device, quality=a.quality)
+
+
+def _submit(a):
+    from .submit import pack
+
+    images = Path(a.images) if a.images else Path(a.work) / "runs" / a.run / "images"
+    out = Path(a.out) if a.out else Path("submission") / a.run / f"images.{a.format}"
+    pack(images, out, fmt=a.format, count=a.count, size=a.size, force=a.force)
+
+
+def _score(a):
+    from .score import score
+
+    images = Path(a.images) if a.images else Path(a.work) / "runs" / a.run / "images"
+    score(images, Path(a.data or Path(a.work) / "data"), Path(a.work), inception_weights=a.inception_weights,
+          detector=a.detector, device=a.device, ref_count=a.ref_count, run=a.run, out=a.out)
+
+
+def _leaderboard(a):
+    from .score import leaderboard
+
+    print(leaderboard(Path(a.work)).to_string(index=False))
+
+
+def _presets(a):
+    from .config import describe_presets
+
+    print(describe_presets())
+
+
+def _config(a):
+    import json
+
+    from .config import parse_set, resolve
+
+    print(json.dumps(resolve(a.preset, parse_set(a.set)).to_dict(), indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kaggle-gan", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, fn, help):
+        s = sub.add_parser(name, help=help, description=help)
+        s.add_argument("--work", default=DEFAULT_WORK, help="output root (default: %(default)s)")
+        s.set_defaults(fn=fn)
+        return s
+
+    s = command("prepare", _prepare, "decode faces.zip / a folder / a URL into one uint8 array")
+    s.add_argument("--data", required=True, help="a zip, a folder of images, or an http(s) URL")
+    s.add_argument("--out", help="output folder (default: WORK/data)")
+    s.add_argument("--size", type=int, default=64, help="side in pixels (default: %(default)s)")
+    s.add_argument("--filter", default="bilinear", help="resize filter: bilinear, bicubic, lanczos, box")
+    s.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
+    s.add_argument("--force", action="store_true", help="prepare again even if up to date")
+
+    s = command("train", _train, "train a preset (resumes an interrupted run)")
+    s.add_argument("--preset", default="baseline", help="baseline, medium, wgan, strong, smoke")
+    s.add_argument("--run", help="run name (default: the preset's name)")
+    s.add_argument("--data", help="prepared data folder (default: WORK/data)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --set train.epochs=5 (repeatable; space-separated lists too)")
+    s.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    s.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints (refused if any exist)")
+
+    s = command("generate", _generate, "draw images 1.jpg..N.jpg from a trained run")
+    s.add_argument("--run", default="strong")
+    s.add_argument("--checkpoint", help="a generator.pt or checkpoint file instead of the run's")
+    s.add_argument("--out", help="folder (default: WORK/runs/RUN/images)")
+    s.add_argument("--count", type=int, default=1000)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--size", type=int, default=64, help="output side in pixels (default: %(default)s)")
+    s.add_argument("--quality", type=int, default=85, help="JPEG quality (default: %(default)s)")
+    s.add_argument("--device", default="auto")
+
+    s = command("submit", _submit, "validate and pack images for the judge")
+    s.add_argument("--run", default="strong")
+    s.add_argument("--images", help="folder of 1.jpg..N.jpg (default: WORK/runs/RUN/images)")
+    s.add_argument("--out", help="archive path (default: submission/RUN/images.tgz)")
+    s.add_argument("--format", default="tgz", choices=("tgz", "zip"))
+    s.add_argument("--count", type=int, default=1000)
+    s.add_argument("--size", type=int, default=64)
+    s.add_argument("--force", action="store_true", help="replace an existing archive")
+
+    s = command("score", _score, "FID and anime-face detection rate, with the homework's verdicts")
+    s.add_argument("--images", help="folder of images (default: WORK/runs/RUN/images)")
+    s.add_argument("--run", default="strong")
+    s.add_argument("--data", help="prepared data folder (default: WORK/data)")
+    s.add_argument("--out", help="scores.json path (default: beside the images)")
+    s.add_argument("--inception-weights", help="Inception weights file, or random:SEED for a proxy FID")
+    s.add_argument("--detector", help="lbpcascade_animeface.xml path (offline machines)")
+    s.add_argument("--ref-count", type=int, default=None, help="training images for the reference statistics")
+    s.add_argument("--device", default="auto")
+
+    command("leaderboard", _leaderboard, "every scored run, best first")
+    command("presets", _presets, "list the presets and what each changes")
+    s = command("config", _config, "print the resolved configuration of a preset")
+    s.add_argument("--preset", default="baseline")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

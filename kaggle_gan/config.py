@@ -1,0 +1,232 @@
+"""Configuration: frozen dataclasses, presets as differences, typed ``key=value`` overrides.
+
+Each preset names its parent and lists only what it changes, each change
+with its reason, so ``kaggle-gan presets`` reads as the recipe's history.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+from .io import UserError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "dcgan"
+    resolution: int = 64  # 32, 64, 96 or 128; prepared data of another size is resized once on load
+    z_dim: int = 100
+    g_width: int = 64  # the sample's feature_dim
+    d_width: int = 64
+    d_norm: str = "batch"  # batch | instance | layer | none
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    name: str = "bce"  # bce | wgan | wgan-gp | hinge
+    n_critic: int = 1  # critic steps per generator step
+    clip: float = 0.01  # wgan only
+    gp_lambda: float = 10.0  # wgan-gp only
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = "adam"  # adam | rmsprop
+    lr_g: float = 1e-4
+    lr_d: float = 1e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 1
+    max_steps: int = 0  # critic steps (batches); 0 = epochs * batches per epoch
+    batch_size: int = 64
+    seed: int = 2022
+    ema_decay: float = 0.999  # EMA generator used for sampling; 0 disables averaging
+    amp: str = "auto"  # auto (bf16 or fp16 on CUDA, off on CPU) | off | bf16 | fp16
+    compile: bool = False  # torch.compile, falling back to eager when unavailable
+    fast: bool = True  # channels_last, foreach optimisers, no per-step host sync
+    log_every: int = 50  # steps between reading losses back from the device
+    sample_every: int = 0  # steps between sample grids; 0 = once per epoch
+    ckpt_minutes: float = 10.0  # wall-clock minutes between checkpoints (plus one per epoch)
+    keep_epochs: bool = True  # keep a checkpoint per epoch besides last.pt
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> Dict[str, Dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Dict[str, Any]]) -> "Config":
+        return apply_overrides(cls(), {f"{g}.{k}": v for g, kv in d.items() for k, v in kv.items()})
+
+    def flat(self) -> Dict[str, Any]:
+        return {f"{g}.{k}": v for g, kv in self.to_dict().items() for k, v in kv.items()}
+
+
+CHOICES = {
+    "model.arch": ("dcgan",),
+    "model.resolution": (32, 64, 96, 128),
+    "model.d_norm": ("batch", "instance", "layer", "none"),
+    "loss.name": ("bce", "wgan", "wgan-gp", "hinge"),
+    "optim.name": ("adam", "rmsprop"),
+    "train.amp": ("auto", "off", "bf16", "fp16"),
+}
+POSITIVE = {"model.z_dim", "model.g_width", "model.d_width", "loss.n_critic", "optim.lr_g", "optim.lr_d",
+            "train.epochs", "train.batch_size", "train.log_every"}
+NON_NEGATIVE = {"loss.clip", "loss.gp_lambda", "train.max_steps", "train.sample_every", "train.ckpt_minutes",
+                "optim.beta1", "optim.beta2", "train.ema_decay", "train.seed"}
+
+
+def _field_type(group: str, key: str) -> type:
+    cls = type(getattr(Config(), group))
+    return {f.name: type(getattr(cls(), f.name)) for f in fields(cls)}[key]
+
+
+def _parse(value: Any, typ: type, key: str) -> Any:
+    if isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
+        return value
+    if typ is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            if typ is bool:
+                if text.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if text.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError
+            if typ is int:
+                return int(text)
+            if typ is float:
+                return float(text)
+            return text
+        except ValueError:
+            pass
+    raise UserError(f"{key} must be {typ.__name__}, got {value!r}")
+
+
+def apply_overrides(cfg: Config, overrides: Dict[str, Any]) -> Config:
+    """Return ``cfg`` with ``{"group.key": value}`` applied; values may be strings (typed here)."""
+    groups: Dict[str, Dict[str, Any]] = {}
+    for dotted, raw in overrides.items():
+        group, _, key = dotted.partition(".")
+        sub = getattr(cfg, group, None) if group in {f.name for f in fields(Config)} else None
+        if sub is None or key not in {f.name for f in fields(type(sub))}:
+            raise UserError(f"unknown config key {dotted!r}; see `kaggle-gan config` for the valid keys")
+        groups.setdefault(group, {})[key] = _parse(raw, _field_type(group, key), dotted)
+    cfg = replace(cfg, **{g: replace(getattr(cfg, g), **kv) for g, kv in groups.items()})
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Reject values no run could use, before any work starts."""
+    flat = cfg.flat()
+    for key, allowed in CHOICES.items():
+        if flat[key] not in allowed:
+            raise UserError(f"{key}={flat[key]!r} is not one of {', '.join(map(str, allowed))}")
+    for key in POSITIVE:
+        if not flat[key] > 0:
+            raise UserError(f"{key} must be positive, got {flat[key]!r}")
+    for key in NON_NEGATIVE:
+        if flat[key] < 0:
+            raise UserError(f"{key} must not be negative, got {flat[key]!r}")
+    if flat["train.ema_decay"] >= 1 or flat["optim.beta1"] >= 1 or flat["optim.beta2"] >= 1:
+        raise UserError("train.ema_decay, optim.beta1 and optim.beta2 must be below 1")
+    if cfg.loss.name == "wgan-gp" and cfg.model.d_norm == "batch":
+        raise UserError("loss.name=wgan-gp needs a critic without batch norm: set model.d_norm=instance (or layer/none)")
+
+
+def parse_set(items: Iterable[str]) -> Dict[str, str]:
+    """``["a.b=1", "c.d=x"]`` -> dict; each item must hold one ``=``."""
+    out: Dict[str, str] = {}
+    for item in items:
+        for token in item.split():
+            if "=" not in token:
+                raise UserError(f"override {token!r} must look like key=value, e.g. train.epochs=5")
+            key, value = token.split("=", 1)
+            out[key.strip()] = value
+    return out
+
+
+# --- presets -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    parent: Optional[str]
+    summary: str
+    changes: Tuple[Tuple[str, Any, str], ...] = ()  # (key, value, reason)
+
+
+PRESETS: Dict[str, Preset] = {p.name: p for p in (
+    Preset("baseline", None, "the course's sample code: DCGAN, BCE, 1 epoch, batch 64, Adam 1e-4 (0.5, 0.999), seed 2022"),
+    Preset("medium", "baseline", "DCGAN trained longer (the slides' medium hint)", (
+        ("train.epochs", 20, "public runs: DCGAN at 10 epochs already reaches AFD ~0.6; 20 leaves margin, ~1 h on a T4"),
+    )),
+    Preset("wgan", "medium", "WGAN with weight clipping, as in the sample's comments", (
+        ("loss.name", "wgan", "Wasserstein critic: no sigmoid, loss E[D(fake)] - E[D(real)]"),
+        ("loss.n_critic", 5, "the WGAN paper trains the critic 5 times per generator step"),
+        ("optim.name", "rmsprop", "momentum destabilises a clipped critic (WGAN paper)"),
+        ("optim.lr_g", 5e-5, "the WGAN paper's learning rate; 1e-5 with clip 0.005 fails to train (HW6.md)"),
+        ("optim.lr_d", 5e-5, "same"),
+    )),
+    Preset("strong", "wgan", "WGAN-GP: gradient penalty instead of clipping", (
+        ("loss.name", "wgan-gp", "penalty on ||grad D|| at per-image mixes of real and fake; no clipping"),
+        ("model.d_norm", "instance", "batch norm couples images and breaks the per-image penalty"),
+        ("optim.name", "adam", "the WGAN-GP paper's optimiser"),
+        ("optim.lr_g", 1e-4, "WGAN-GP paper"),
+        ("optim.lr_d", 1e-4, "WGAN-GP paper"),
+        ("optim.beta1", 0.0, "WGAN-GP paper: no first-moment momentum"),
+        ("optim.beta2", 0.9, "WGAN-GP paper"),
+        ("train.epochs", 30, "5 critic steps per generator step: 30 epochs = 6.7k generator steps, ~2 h on a T4"),
+    )),
+    Preset("smoke", "baseline", "a tiny end-to-end check, minutes on a CPU", (
+        ("model.g_width", 16, "a quarter of the sample's width: fast on CPU"),
+        ("model.d_width", 16, "same"),
+        ("train.batch_size", 32, "smaller steps on CPU"),
+        ("train.max_steps", 60, "enough to exercise logging, checkpoints and sampling"),
+        ("train.log_every", 10, "several log rows in a short run"),
+        ("train.sample_every", 30, "two sample grids"),
+    )),
+)}
+
+
+def preset_chain(name: str) -> List[Preset]:
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    chain = []
+    while name is not None:
+        chain.append(PRESETS[name])
+        name = PRESETS[name].parent
+    return chain[::-1]
+
+
+def resolve(preset: str = "baseline", overrides: Optional[Dict[str, Any]] = None) -> Config:
+    """The preset's configuration with user overrides applied last."""
+    cfg = Config()
+    for p in preset_chain(preset):
+        cfg = apply_overrides(cfg, {k: v for k, v, _ in p.changes})
+    return apply_overrides(cfg, overrides or {})
+
+
+def describe_presets() -> str:
+    lines = []
+    for p in PRESETS.values():
+        lines.append(f"{p.name}" + (f" (= {p.parent} +)" if p.parent else "") + f": {p.summary}")
+        for key, value, why in p.changes:
+            lines.append(f"    {key}={value}  # {why}")
+    return "\n".join(lines)

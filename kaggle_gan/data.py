@@ -1,0 +1,370 @@
+"""Data preparation and serving.
+
+``prepare`` turns ``faces.zip``, a folder of images or a URL into one uint8
+array ``images.npy`` of shape (N, H, W, 3), a ``manifest.csv`` (one row per
+input file: kept or skipped, and why) and ``prepare.json``, written last, which
+marks the folder finished. Training never decodes a JPEG again.
+"""
+from __future__ import annotations
+
+import io as _io
+import os
+import re
+import warnings
+import zipfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import __version__
+from .io import UserError, atomic_path, cache_dir, download, read_json, sha256_file, write_json
+
+HW6_FACES_URL = "https://huggingface.co/datasets/LeoFeng/MLHW_6/resolve/main/faces.zip"
+FILTERS = ("bilinear", "bicubic", "lanczos", "box")
+MAX_PIXELS = 40_000_000  # declared width * height above this is a decompression bomb
+MAX_MEMBER_BYTES = 64 << 20  # no face crop is this large
+MAX_RATIO = 200  # uncompressed / compressed; JPEGs barely compress, bombs compress ~1000x
+_SKIP_NAMES = re.compile(r"(^|/)(__MACOSX/|\.DS_Store$|Thumbs\.db$)")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A prepared data folder: ``images`` is (N, H, W, 3) uint8, memory-mapped."""
+
+    folder: Path
+    images: np.ndarray
+    meta: dict
+
+    @property
+    def files(self) -> List[str]:
+        import pandas as pd
+
+        manifest = pd.read_csv(self.folder / "manifest.csv")
+        kept = manifest[manifest.status == "ok"].sort_values("index")
+        return kept.file.tolist()
+
+
+def _natural_key(name: str) -> Tuple:
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
+
+
+def _to_rgb(img):
+    """Any PIL mode -> RGB; alpha is composited on white, 16-bit is scaled, CMYK converted."""
+    from PIL import Image
+
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(arr * (255.0 if arr.max() <= 1 else 1), 0, 255).astype(np.uint8), "L")
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "La", "RGBa"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    return img.convert("RGB")
+
+
+def decode_image(data: bytes, size: int, resample: str = "bilinear") -> np.ndarray:
+    """Bytes of any image file -> (size, size, 3) uint8, centre-cropped to a square.
+
+    Raises ``ValueError`` with a short reason for anything that is not a usable image.
+    """
+    from PIL import Image, ImageFile
+
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    if not data:
+        raise ValueError("empty file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(_io.BytesIO(data))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise ValueError("decompression bomb") from err
+        except Image.UnidentifiedImageError as err:
+            raise ValueError("not an image") from err
+        except Exception as err:
+            raise ValueError(f"corrupt or truncated ({type(err).__name__}: {err})") from err
+        w, h = img.size
+        if w * h > MAX_PIXELS:
+            raise ValueError(f"declared size {w}x{h} too large (decompression bomb?)")
+        if w < 1 or h < 1:
+            raise ValueError("zero-size image")
+        try:
+            img.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise ValueError("decompression bomb") from err
+        except Exception as err:
+            raise ValueError(f"corrupt or truncated ({type(err).__name__}: {err})") from err
+    img = _to_rgb(img)
+    side = min(w, h)
+    if w != h:
+        left, top = (w - side) // 2, (h - side) // 2
+        img = img.crop((left, top, left + side, top + side))
+    if side != size:
+        img = img.resize((size, size), getattr(Image.Resampling, resample.upper()))
+    arr = np.asarray(img, dtype=np.uint8)
+    if arr.shape != (size, size, 3):
+        raise ValueError(f"unexpected decoded shape {arr.shape}")
+    return arr
+
+
+# --- listing the input -------------------------------------------------------
+
+def _list_zip(path: Path) -> Tuple[List[str], List[Tuple[str, str]]]:
+    """Members worth decoding, and (member, reason) for those refused unread."""
+    keep, refused = [], []
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise UserError(f"{path} is not a readable zip ({err}); pass DATA= a zip, a folder or a URL") from None
+    with zf:
+        for info in zf.infolist():
+            name = info.filename
+            if info.is_dir() or _SKIP_NAMES.search(name):
+                continue
+            parts = name.replace("\\", "/").split("/")
+            if name.startswith(("/", "\\")) or ".." in parts or re.match(r"^[A-Za-z]:", name):
+                refused.append((name, "unsafe member path"))
+            elif info.file_size > MAX_MEMBER_BYTES:
+                refused.append((name, f"member too large ({info.file_size} bytes)"))
+            elif info.compress_size and info.file_size / info.compress_size > MAX_RATIO and info.file_size > (1 << 20):
+                refused.append((name, f"compression ratio {info.file_size // info.compress_size}:1 (zip bomb?)"))
+            else:
+                keep.append(name)
+    return keep, refused
+
+
+def _list_folder(path: Path) -> List[str]:
+    out = []
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            rel = os.path.relpath(os.path.join(root, f), path)
+            if not _SKIP_NAMES.search(rel.replace(os.sep, "/")) and not f.startswith("."):
+                out.append(rel)
+    return out
+
+
+# --- parallel decoding -------------------------------------------------------
+
+_WORKER_ZIP: Optional[zipfile.ZipFile] = None
+
+
+def _worker_init(zip_path: Optional[str]) -> None:
+    global _WORKER_ZIP
+    _WORKER_ZIP = zipfile.ZipFile(zip_path) if zip_path else None
+
+
+def _read(source: str, name: str) -> bytes:
+    if _WORKER_ZIP is not None:
+        with _WORKER_ZIP.open(name) as fh:
+            data = fh.read(MAX_MEMBER_BYTES + 1)  # never trust the declared size
+    else:
+        with open(os.path.join(source, name), "rb") as fh:
+            data = fh.read(MAX_MEMBER_BYTES + 1)
+    if len(data) > MAX_MEMBER_BYTES:
+        raise ValueError("file too large")
+    return data
+
+
+def _decode_chunk(args) -> List[Tuple[Optional[np.ndarray], str]]:
+    source, names, size, resample = args
+    out = []
+    for name in names:
+        try:
+            out.append((decode_image(_read(source, name), size, resample), ""))
+        except ValueError as err:
+            out.append((None, str(err)))
+        except Exception as err:  # zip CRC errors, permission errors, ...
+            out.append((None, f"unreadable ({type(err).__name__}: {err})"))
+    return out
+
+
+def _decode_all(source: Path, is_zip: bool, names: Sequence[str], size: int, resample: str, workers: int):
+    from tqdm.auto import tqdm
+
+    chunk = 256
+    tasks = [(str(source), names[i : i + chunk], size, resample) for i in range(0, len(names), chunk)]
+    bar = tqdm(total=len(names), unit="img", desc="prepare")
+    results: List[Tuple[Optional[np.ndarray], str]] = []
+    if workers <= 1 or len(tasks) == 1:
+        _worker_init(str(source) if is_zip else None)
+        try:
+            for t in tasks:
+                results.extend(_decode_chunk(t))
+                bar.update(len(t[1]))
+        finally:
+            _worker_init(None)
+    else:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn" if os.name == "nt" else "fork")
+        with ProcessPoolExecutor(workers, ctx, initializer=_worker_init, initargs=(str(source) if is_zip else None,)) as ex:
+            for t, res in zip(tasks, ex.map(_decode_chunk, tasks)):
+                results.extend(res)
+                bar.update(len(t[1]))
+    bar.close()
+    return results
+
+
+# --- the stage ---------------------------------------------------------------
+
+def resolve_source(data: str) -> Path:
+    """``DATA`` as given by the user -> a local zip or folder (downloading a URL)."""
+    if re.match(r"^https?://", data):
+        name = data.rstrip("/").split("/")[-1].split("?")[0] or "data.zip"
+        return download(
+            data,
+            cache_dir() / "downloads" / name,
+            what=name,
+            offline_hint="Offline: download it elsewhere and pass DATA=path/to/faces.zip (or --data).",
+        )
+    path = Path(data).expanduser()
+    if not path.exists():
+        raise UserError(f"data not found: {path}; pass DATA= a zip, a folder of images or a URL")
+    return path
+
+
+def fingerprint(path: Path) -> dict:
+    """Cheap identity of the input: content hash for a file, names/sizes/mtimes for a folder."""
+    import hashlib
+
+    if path.is_file():
+        return {"kind": "file", "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    h = hashlib.sha256()
+    names = sorted(_list_folder(path))
+    for rel in names:
+        st = (path / rel).stat()
+        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return {"kind": "folder", "listing_sha256": h.hexdigest(), "files": len(names)}
+
+
+def prepare(
+    data: str,
+    out: Path,
+    size: int = 64,
+    resample: str = "bilinear",
+    workers: Optional[int] = None,
+    force: bool = False,
+) -> Prepared:
+    """Decode, convert to RGB and resize every image of ``data`` into ``out``.
+
+    A no-op when ``out`` already holds the same input at the same size and filter.
+    """
+    if size < 8 or size > 1024:
+        raise UserError(f"size must be between 8 and 1024, got {size}")
+    if resample not in FILTERS:
+        raise UserError(f"unknown resize filter {resample!r}; choose one of {', '.join(FILTERS)}")
+    out = Path(out)
+    source = resolve_source(data)
+    fp = fingerprint(source)
+    want = {"fingerprint": fp, "size": size, "resample": resample}
+    done = out / "prepare.json"
+    if not force and done.is_file() and (out / "images.npy").is_file():
+        meta = read_json(done)
+        if {k: meta.get(k) for k in want} == want:
+            print(f"prepare: {out} is up to date ({meta['kept']} images), nothing to do")
+            return load_prepared(out)
+
+    is_zip = source.is_file()
+    if is_zip:
+        names, refused = _list_zip(source)
+    else:
+        names, refused = _list_folder(source), []
+    names.sort(key=_natural_key)
+    workers = workers or max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    results = _decode_all(source, is_zip, names, size, resample, workers)
+
+    import pandas as pd
+
+    rows, arrays = [], []
+    for name, (arr, reason) in zip(names, results):
+        if arr is None:
+            rows.append({"index": -1, "file": name, "status": "skipped", "reason": reason})
+        else:
+            rows.append({"index": len(arrays), "file": name, "status": "ok", "reason": ""})
+            arrays.append(arr)
+    rows += [{"index": -1, "file": n, "status": "skipped", "reason": r} for n, r in refused]
+    manifest = pd.DataFrame(rows, columns=["index", "file", "status", "reason"])
+    skipped = int((manifest.status != "ok").sum())
+    if not arrays:
+        reasons = manifest.reason.value_counts().head(3).to_dict()
+        raise UserError(f"no usable image in {source} ({len(rows)} files; reasons: {reasons}); check DATA=")
+
+    images = np.stack(arrays)
+    out.mkdir(parents=True, exist_ok=True)
+    done.unlink(missing_ok=True)  # from here on the folder is unfinished until prepare.json is back
+    with atomic_path(out / "images.npy", suffix=".npy") as tmp:
+        np.save(tmp, images)
+    with atomic_path(out / "manifest.csv") as tmp:
+        manifest.to_csv(tmp, index=False)
+    meta = dict(
+        want,
+        source=str(data),
+        kept=len(arrays),
+        skipped=skipped,
+        shape=list(images.shape),
+        images_sha256=sha256_file(out / "images.npy"),
+        version=__version__,
+    )
+    write_json(done, meta)
+    print(f"prepare: kept {len(arrays)} images, skipped {skipped} (see {out / 'manifest.csv'})")
+    if skipped:
+        print(manifest[manifest.status != "ok"].reason.value_counts().head(10).to_string())
+    return Prepared(out, np.load(out / "images.npy", mmap_mode="r"), meta)
+
+
+def load_prepared(folder: Path) -> Prepared:
+    """Open a folder written by :func:`prepare`; a clear error if it is missing or unfinished."""
+    folder = Path(folder)
+    if not (folder / "prepare.json").is_file() or not (folder / "images.npy").is_file():
+        raise UserError(f"{folder} holds no prepared data; run `make prepare` (kaggle-gan prepare) first")
+    meta = read_json(folder / "prepare.json")
+    return Prepared(folder, np.load(folder / "images.npy", mmap_mode="r"), meta)
+
+
+def iter_image_files(folder: Path) -> List[Path]:
+    """Image-like files of a folder (not recursive), in natural order."""
+    folder = Path(folder)
+    return sorted(
+        (p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")),
+        key=lambda p: _natural_key(p.name),
+    )
+
+
+class DeviceImages:
+    """The prepared uint8 images held on the training device, served as float batches.
+
+    Sampling, flipping and normalising happen on the device; the host only
+    hands over an index tensor.
+    """
+
+    def __init__(self, images: np.ndarray, device, channels_last: bool = False):
+        import torch
+
+        self.device = torch.device(device)
+        data = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2)  # (N, 3, H, W) uint8, a writable copy
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.data = data.contiguous(memory_format=memory_format).to(self.device)
+        self.channels_last = channels_last
+
+    def __len__(self) -> int:
+        return self.data.shape[0]
+
+    def batch(self, index, flip) -> "torch.Tensor":  # noqa: F821
+        """``index`` (B,) long, ``flip`` (B,) bool -> (B, 3, H, W) float32 in [-1, 1]."""
+        import torch
+
+        x = self.data.index_select(0, index.to(self.device, non_blocking=True))
+        x = torch.where(flip.to(self.device).view(-1, 1, 1, 1), x.flip(3), x)
+        x = x.float().mul_(2.0 / 255.0).sub_(1.0)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+

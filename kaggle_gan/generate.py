@@ -1,0 +1,119 @@
+"""Sampling: a trained generator -> ``1.jpg ... N.jpg``.
+
+Images are drawn in batches on the device while a thread pool encodes and
+writes the previous batch; the folder appears under its final name only
+when every file is in it.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+
+from .checkpoint import FORMAT, GENERATOR_FORMAT, load_file, load_latest
+from .config import Config
+from .io import UserError, write_json
+from .models import build_models
+from .runtime import resolve_device
+
+FORMATS = (FORMAT, GENERATOR_FORMAT)
+JPEG_QUALITY = 85  # even 1000 noise-like 64x64 images stay under the homework's 2 MB
+
+
+def load_generator(source: Path, device: torch.device) -> Tuple[torch.nn.Module, Config, int]:
+    """(EMA generator in eval mode, its config, its step) from a run folder, ``generator.pt`` or a checkpoint."""
+    source = Path(source)
+    if source.is_dir():
+        if (source / "generator.pt").is_file():
+            state = load_file(source / "generator.pt", formats=FORMATS)
+        else:
+            state = load_latest(source / "checkpoints")
+            if state is None:
+                raise UserError(f"{source} holds no generator.pt and no checkpoint; train it first (make strong)")
+    elif source.is_file():
+        try:
+            state = load_file(source, formats=FORMATS)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+    else:
+        raise UserError(f"no generator at {source}; pass a run folder or a .pt file")
+    cfg = Config.from_dict(state["config"])
+    G, _ = build_models(cfg.model)
+    weights = state["G_ema"] if state.get("G_ema") is not None else state["G"]
+    if any(k.startswith("module.") for k in weights):  # an AveragedModel's state dict
+        weights = {k[len("module."):]: v for k, v in weights.items() if k.startswith("module.")}
+    G.load_state_dict(weights)
+    return G.to(device).eval(), cfg, int(state["step"])
+
+
+def _write_batch(images: np.ndarray, folder: Path, first: int, quality: int) -> None:
+    from PIL import Image
+
+    for i, arr in enumerate(images):
+        Image.fromarray(arr).save(folder / f"{first + i}.jpg", quality=quality)
+
+
+@torch.no_grad()
+def generate(
+    source: Path,
+    out: Path,
+    n: int = 1000,
+    seed: int = 0,
+    size: int = 64,
+    batch_size: int = 250,
+    device: str = "auto",
+    quality: int = JPEG_QUALITY,
+) -> Path:
+    """Write ``n`` images ``1.jpg .. n.jpg`` (``size`` x ``size``) from ``source`` into the folder ``out``.
+
+    Deterministic for a given generator and ``seed``: the noise is drawn on
+    the CPU, so it does not depend on the device.
+    """
+    from tqdm.auto import tqdm
+
+    if n < 1:
+        raise UserError(f"--count must be positive, got {n}")
+    dev = resolve_device(device)
+    G, cfg, step = load_generator(source, dev)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}.", dir=out.parent))
+    noise = torch.Generator().manual_seed(seed)
+    try:
+        with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
+            pending = []
+            for first in tqdm(range(0, n, batch_size), desc="generate", unit="batch"):
+                b = min(batch_size, n - first)
+                z = torch.randn(b, cfg.model.z_dim, generator=noise).to(dev)
+                x = G(z).float()
+                if x.shape[-1] != size:
+                    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+                x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+                pending.append(pool.submit(_write_batch, x, tmp, first + 1, quality))
+            for f in pending:
+                f.result()
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    write_json(out.parent / f"{out.name}.json", {"source": str(source), "step": step, "count": n, "seed": seed,
+                                                 "size": size, "quality": quality})
+    print(f"generate: {n} images from step {step} in {out}")
+    return out
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Move the finished folder ``tmp`` to ``final``, replacing an older one."""
+    old: Optional[Path] = None
+    if final.exists():
+        old = final.with_name(f".old-{final.name}.{os.getpid()}")
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

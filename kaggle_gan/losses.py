@@ -1,0 +1,153 @@
+"""GAN objectives behind one interface.
+
+The training loop asks a loss object for the critic's loss and the
+generator's loss and calls its hook after each critic step; a new objective
+is a new class here, never a new loop.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, ContextManager, Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class StepContext:
+    """What a loss may need from the loop besides the networks and images.
+
+    ``autocast`` opens the mixed-precision region (a null context in fp32);
+    ``scale`` multiplies a loss by the fp16 gradient scale (identity
+    otherwise), so a penalty can undo it; ``generator`` draws its randomness.
+    """
+
+    generator: Optional[torch.Generator] = None
+    autocast: Callable[[], ContextManager] = contextlib.nullcontext
+    scale: Callable[[Tensor], Tensor] = field(default=lambda t: t)
+
+
+class GANLoss:
+    name = ""
+    #: True when the critic loss differentiates through a gradient (no compiled critic then)
+    double_backward = False
+
+    def critic_loss(self, D: nn.Module, real: Tensor, fake: Tensor, ctx: StepContext) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """Loss to minimise for the critic, and detached extra statistics to log."""
+        raise NotImplementedError
+
+    def generator_loss(self, D: nn.Module, fake: Tensor, ctx: StepContext) -> Tensor:
+        raise NotImplementedError
+
+    def after_critic_step(self, D: nn.Module) -> None:
+        """Hook after the critic's optimiser step (weight clipping lives here)."""
+
+
+def _scores(D: nn.Module, real: Tensor, fake: Tensor, ctx: StepContext) -> Tuple[Tensor, Tensor]:
+    # Two forward passes, as the sample code does: batch-norm statistics stay per batch.
+    with ctx.autocast():
+        return D(real).float(), D(fake).float()
+
+
+class BCELoss(GANLoss):
+    """The sample's non-saturating GAN loss; D's loss is the mean of real and fake BCE."""
+
+    name = "bce"
+
+    def critic_loss(self, D, real, fake, ctx):
+        r, f = _scores(D, real, fake, ctx)
+        loss = (F.binary_cross_entropy_with_logits(r, torch.ones_like(r))
+                + F.binary_cross_entropy_with_logits(f, torch.zeros_like(f))) / 2
+        return loss, {"d_real": torch.sigmoid(r).mean().detach(), "d_fake": torch.sigmoid(f).mean().detach()}
+
+    def generator_loss(self, D, fake, ctx):
+        with ctx.autocast():
+            f = D(fake).float()
+        return F.binary_cross_entropy_with_logits(f, torch.ones_like(f))
+
+
+class WGANLoss(GANLoss):
+    """Wasserstein loss; with ``clip`` > 0 the critic's weights are clipped (Arjovsky et al. 2017)."""
+
+    name = "wgan"
+
+    def __init__(self, clip: float = 0.01):
+        self.clip = clip
+
+    def critic_loss(self, D, real, fake, ctx):
+        r, f = _scores(D, real, fake, ctx)
+        wdist = r.mean() - f.mean()
+        return -wdist, {"wdist": wdist.detach()}
+
+    def generator_loss(self, D, fake, ctx):
+        with ctx.autocast():
+            return -D(fake).float().mean()
+
+    @torch.no_grad()
+    def after_critic_step(self, D):
+        if self.clip > 0:
+            for p in D.parameters():
+                p.clamp_(-self.clip, self.clip)
+
+
+def gradient_penalty(D: nn.Module, real: Tensor, fake: Tensor, ctx: StepContext) -> Tensor:
+    """E[(||grad_x D(x)||_2 - 1)^2] at x = a*real + (1-a)*fake, one a ~ U(0,1) per image.
+
+    Under fp16 the critic's output is scaled before differentiation (so small
+    gradients survive in half precision) and the gradient is unscaled in fp32
+    before the norm: the penalty is the same number as in fp32.
+    """
+    alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device, generator=ctx.generator)
+    x = torch.lerp(fake.detach().float(), real.detach().float(), alpha).requires_grad_(True)
+    with ctx.autocast():
+        out = D(x)
+    one = torch.ones((), device=real.device)
+    (grad,) = torch.autograd.grad(ctx.scale(out.float().sum()), x, create_graph=True)
+    grad = grad.float() / ctx.scale(one)
+    return (grad.flatten(1).norm(2, dim=1) - 1).pow(2).mean()
+
+
+class WGANGPLoss(WGANLoss):
+    """Wasserstein loss with a gradient penalty (Gulrajani et al. 2017), no clipping."""
+
+    name = "wgan-gp"
+    double_backward = True
+
+    def __init__(self, gp_lambda: float = 10.0):
+        super().__init__(clip=0.0)
+        self.gp_lambda = gp_lambda
+
+    def critic_loss(self, D, real, fake, ctx):
+        loss, stats = super().critic_loss(D, real, fake, ctx)
+        gp = gradient_penalty(D, real, fake, ctx)
+        stats["gp"] = gp.detach()
+        return loss + self.gp_lambda * gp, stats
+
+
+class HingeLoss(GANLoss):
+    """Hinge loss (Lim & Ye 2017; used by SN-GAN, BigGAN)."""
+
+    name = "hinge"
+
+    def critic_loss(self, D, real, fake, ctx):
+        r, f = _scores(D, real, fake, ctx)
+        return F.relu(1 - r).mean() + F.relu(1 + f).mean(), {"d_real": r.mean().detach(), "d_fake": f.mean().detach()}
+
+    def generator_loss(self, D, fake, ctx):
+        with ctx.autocast():
+            return -D(fake).float().mean()
+
+
+def build_loss(loss_cfg) -> GANLoss:
+    """The loss object for a :class:`kaggle_gan.config.LossConfig`."""
+    if loss_cfg.name == "bce":
+        return BCELoss()
+    if loss_cfg.name == "wgan":
+        return WGANLoss(loss_cfg.clip)
+    if loss_cfg.name == "wgan-gp":
+        return WGANGPLoss(loss_cfg.gp_lambda)
+    if loss_cfg.name == "hinge":
+        return HingeLoss()
+    raise ValueError(f"unknown loss.name {loss_cfg.name!r}; choose bce, wgan, wgan-gp or hinge")

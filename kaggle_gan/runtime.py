@@ -1,0 +1,33 @@
+"""Device choice and CPU threading, decided in one place."""
+from __future__ import annotations
+
+import os
+
+from .io import UserError
+
+
+def available_cores() -> int:
+    """Cores this process may use (respects taskset/cgroup affinity, unlike ``os.cpu_count``)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def resolve_device(name: str = "auto") -> "torch.device":  # noqa: F821
+    """``auto`` -> cuda when present, else cpu; ``cuda`` without a GPU is a clear error.
+
+    On CPU the intra-op thread count is set to the cores actually available.
+    """
+    import torch
+
+    name = (name or "auto").lower()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("DEVICE=cuda but no CUDA GPU is visible; use DEVICE=cpu or DEVICE=auto")
+    if name not in ("cpu",) and not name.startswith("cuda") and name != "mps":
+        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda")
+    device = torch.device(name)
+    if device.type == "cpu":
+        torch.set_num_threads(available_cores())
+    return device

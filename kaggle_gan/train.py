@@ -1,0 +1,446 @@
+"""The one training loop, for every preset.
+
+Presets differ by configuration and by the loss object
+(:mod:`kaggle_gan.losses`); the loop only schedules critic and generator
+steps, keeps the EMA generator, logs, samples and checkpoints.
+
+Run folder layout::
+
+    RUN/config.json          resolved configuration (also inside every checkpoint)
+    RUN/checkpoints/         last.pt, previous.pt, epoch_0001.pt, ...
+    RUN/log.csv, RUN/loss.png
+    RUN/samples/step_*.png   fixed-noise grids from the EMA generator
+    RUN/generator.pt         EMA generator + config, written when training finishes
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+
+from . import __version__
+from .checkpoint import candidates, check_compatible, load_latest, save_checkpoint, save_generator
+from .config import Config, validate
+from .data import DeviceImages, load_prepared
+from .io import RunLock, UserError, atomic_path, write_json
+from .losses import StepContext, build_loss
+from .models import build_models
+from .runtime import resolve_device
+
+LOG_FIELDS = ["step", "epoch", "kimg", "seconds", "img_per_s", "d_loss", "g_loss"]
+
+
+class EMA:
+    """An exponential moving average of the generator (``torch.optim.swa_utils.AveragedModel``).
+
+    The decay ramps up as min(decay, (1 + n) / (10 + n)) over the first
+    updates, so short runs are not dominated by the random initialisation.
+    Buffers (batch-norm statistics) are averaged too.
+    """
+
+    def __init__(self, G: nn.Module, decay: float):
+        self.decay = decay
+        self.updates = 0
+        self.model = AveragedModel(G, multi_avg_fn=self._average, use_buffers=True)
+        self.model.eval()
+
+    @torch.no_grad()
+    def _average(self, averaged: List[torch.Tensor], current: List[torch.Tensor], _n) -> None:
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for a, c in zip(averaged, current):
+            if a.is_floating_point():
+                a.lerp_(c, 1 - d)
+            else:  # integer buffers such as num_batches_tracked
+                a.copy_(c)
+
+    def update(self, G: nn.Module) -> None:
+        self.model.update_parameters(G)
+        self.updates += 1
+
+
+@dataclass
+class Precision:
+    dtype: Optional[torch.dtype]
+
+    @property
+    def name(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=self.dtype)
+
+
+def choose_precision(amp: str, device: torch.device) -> Precision:
+    """bf16 where the GPU supports it, fp16 (with gradient scaling) otherwise; fp32 on CPU."""
+    if device.type != "cuda" or amp == "off":
+        return Precision(None)
+    if amp == "auto":
+        return Precision(torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    return Precision({"bf16": torch.bfloat16, "fp16": torch.float16}[amp])
+
+
+def make_optimizer(params, cfg: Config, lr: float, device: torch.device) -> torch.optim.Optimizer:
+    o = cfg.optim
+    # fused kernels on CUDA, multi-tensor (foreach) on CPU; the plain per-tensor loop when fast=False
+    kw = {"fused": True} if (cfg.train.fast and device.type == "cuda") else {"foreach": cfg.train.fast}
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(o.beta1, o.beta2), **kw)
+    kw.pop("fused", None)
+    return torch.optim.RMSprop(params, lr=lr, foreach=cfg.train.fast)
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The data order of one epoch, a function of (seed, epoch) alone: resuming re-derives it."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def fixed_noise(cfg: Config, n: int = 64) -> torch.Tensor:
+    return torch.randn(n, cfg.model.z_dim, generator=torch.Generator().manual_seed(cfg.train.seed + 1))
+
+
+def _resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, size, size, 3) uint8 with antialiased bilinear resampling."""
+    out = []
+    for i in range(0, len(images), 4096):
+        x = torch.from_numpy(np.array(images[i : i + 4096])).permute(0, 3, 1, 2).float()
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out.append(x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    return np.concatenate(out)
+
+
+class Trainer:
+    """Holds the state of one run; :meth:`run` trains it to the configured length."""
+
+    def __init__(self, cfg: Config, data_dir: Path, run_dir: Path, device: str = "auto", resume: bool = True,
+                 progress: bool = True):
+        validate(cfg)
+        self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.device = resolve_device(device)
+        t = cfg.train
+        prepared = load_prepared(data_dir)
+        self.data_sha256 = prepared.meta["images_sha256"]
+        images = prepared.images
+        if images.shape[1] != cfg.model.resolution:
+            print(f"train: prepared images are {images.shape[1]}px, resizing once to model.resolution={cfg.model.resolution}")
+            images = _resize_images(images, cfg.model.resolution)
+        if len(images) < t.batch_size:
+            raise UserError(f"only {len(images)} images for train.batch_size={t.batch_size}; lower the batch size")
+        self.steps_per_epoch = len(images) // t.batch_size
+        self.total_steps = t.max_steps or t.epochs * self.steps_per_epoch
+        self.channels_last = t.fast and self.device.type == "cuda"
+        self.data = DeviceImages(images, self._data_device(images), self.channels_last)
+
+        torch.manual_seed(t.seed)
+        self.G, self.D = build_models(cfg.model)
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.G.to(self.device, memory_format=memory_format)
+        self.D.to(self.device, memory_format=memory_format)
+        self.ema = EMA(self.G, t.ema_decay) if t.ema_decay > 0 else None
+        self.loss = build_loss(cfg.loss)
+        self.opt_G = make_optimizer(self.G.parameters(), cfg, cfg.optim.lr_g, self.device)
+        self.opt_D = make_optimizer(self.D.parameters(), cfg, cfg.optim.lr_d, self.device)
+        self.precision = choose_precision(t.amp, self.device)
+        scaled = self.precision.dtype == torch.float16
+        self.scaler_G = torch.amp.GradScaler("cuda", enabled=scaled)
+        self.scaler_D = torch.amp.GradScaler("cuda", enabled=scaled)
+        self.gen = torch.Generator(self.device).manual_seed(t.seed)
+        self.ctx = StepContext(self.gen, self.precision.autocast, self.scaler_D.scale)
+        self.step, self.elapsed = 0, 0.0
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.G_step, self.D_step = self.G, self.D  # compiled twins when train.compile is on
+        if t.compile:
+            self._compile()
+        if resume:
+            self._resume()
+        elif candidates(self.ckpt_dir):
+            raise UserError(f"{self.ckpt_dir} already holds checkpoints; resume it, or use another RUN name")
+
+    def _data_device(self, images: np.ndarray) -> torch.device:
+        """Keep the uint8 data on the GPU when it takes under a quarter of its memory."""
+        if self.device.type == "cuda":
+            free, _total = torch.cuda.mem_get_info(self.device)
+            if images.nbytes < free / 4:
+                return self.device
+            print("train: data kept in host memory (too large for a quarter of the free GPU memory)")
+            return torch.device("cpu")
+        return self.device
+
+    def _compile(self) -> None:
+        try:
+            self.G_step = torch.compile(self.G)
+            # the gradient penalty differentiates through D's gradient, which compiled graphs do not support
+            self.D_step = self.D if self.loss.double_backward else torch.compile(self.D)
+        except Exception as err:  # pragma: no cover - depends on the platform
+            print(f"train: torch.compile unavailable ({type(err).__name__}: {err}); running eagerly")
+            self.G_step, self.D_step = self.G, self.D
+
+    # --- state ---------------------------------------------------------------------
+
+    def state(self) -> Dict:
+        rng = {"torch": torch.get_rng_state(), "loop": self.gen.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "config": self.cfg.to_dict(),
+            "step": self.step,
+            "epoch": self.step // self.steps_per_epoch,
+            "elapsed": self.elapsed,
+            "data_sha256": self.data_sha256,
+            "G": self.G.state_dict(),
+            "D": self.D.state_dict(),
+            "G_ema": self.ema.model.state_dict() if self.ema else None,
+            "ema_updates": self.ema.updates if self.ema else 0,
+            "opt_G": self.opt_G.state_dict(),
+            "opt_D": self.opt_D.state_dict(),
+            "scaler_G": self.scaler_G.state_dict(),
+            "scaler_D": self.scaler_D.state_dict(),
+            "rng": rng,
+        }
+
+    def _resume(self) -> None:
+        state = load_latest(self.ckpt_dir, map_location=str(self.device))
+        if state is None:
+            return
+        check_compatible(state["config"], self.cfg.to_dict(), state["path"])
+        if state["data_sha256"] != self.data_sha256:
+            raise UserError(
+                f"{state['path']} was trained on other prepared data; use another RUN name for the new data"
+            )
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        if self.ema:
+            self.ema.model.load_state_dict(state["G_ema"])
+            self.ema.updates = state["ema_updates"]
+        self.opt_G.load_state_dict(state["opt_G"])
+        self.opt_D.load_state_dict(state["opt_D"])
+        self.scaler_G.load_state_dict(state["scaler_G"])
+        self.scaler_D.load_state_dict(state["scaler_D"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        self.gen.set_state(state["rng"]["loop"].cpu() if self.device.type == "cpu" else state["rng"]["loop"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
+        self.step, self.elapsed = state["step"], state["elapsed"]
+        print(f"train: resumed from {state['path']} at step {self.step}/{self.total_steps}")
+
+    def save(self, epoch_copy: Optional[int] = None) -> None:
+        save_checkpoint(self.state(), self.ckpt_dir, epoch_copy)
+
+    # --- the loop ------------------------------------------------------------------
+
+    def _batch(self, order: torch.Tensor, position: int) -> torch.Tensor:
+        B = self.cfg.train.batch_size
+        index = order[position * B : (position + 1) * B]
+        flip = torch.rand(B, device=self.device, generator=self.gen) < 0.5
+        return self.data.batch(index, flip)
+
+    def _noise(self) -> torch.Tensor:
+        return torch.randn(self.cfg.train.batch_size, self.cfg.model.z_dim, device=self.device, generator=self.gen)
+
+    def train_step(self, real: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """One critic step, and a generator step every ``loss.n_critic`` critic steps."""
+        G, D, loss = self.G_step, self.D_step, self.loss
+        with torch.no_grad(), self.precision.autocast():
+            fake = G(self._noise())
+        d_loss, stats = loss.critic_loss(D, real, fake, self.ctx)
+        self.opt_D.zero_grad(set_to_none=True)
+        self.scaler_D.scale(d_loss).backward()
+        self.scaler_D.step(self.opt_D)
+        self.scaler_D.update()
+        loss.after_critic_step(self.D)
+        stats["d_loss"] = d_loss.detach()
+        if (self.step + 1) % self.cfg.loss.n_critic == 0:
+            with self.precision.autocast():
+                fake = G(self._noise())
+            g_loss = loss.generator_loss(D, fake, self.ctx)
+            self.opt_G.zero_grad(set_to_none=True)
+            self.scaler_G.scale(g_loss).backward()
+            self.scaler_G.step(self.opt_G)
+            self.scaler_G.update()
+            if self.ema:
+                self.ema.update(self.G)
+            stats["g_loss"] = g_loss.detach()
+        return stats
+
+    def sampler(self) -> nn.Module:
+        """The generator used for pictures and generation: the EMA copy when there is one."""
+        return self.ema.model.module if self.ema else self.G
+
+    def run(self) -> Path:
+        """Train to ``total_steps`` (resuming wherever the run stopped); returns ``generator.pt``."""
+        from tqdm.auto import tqdm
+
+        t = self.cfg.train
+        with RunLock(self.run_dir):
+            write_json(self.run_dir / "config.json", {"version": __version__, **self.cfg.to_dict()})
+            log = RunLog(self.run_dir / "log.csv", self.step)
+            if self.step >= self.total_steps:
+                print(f"train: {self.run_dir} already trained to step {self.step}")
+                return self._finish(log)
+            bar = tqdm(total=self.total_steps, initial=self.step, unit="step", desc=f"train {self.run_dir.name}",
+                       disable=not self.progress)
+            sums: Dict[str, torch.Tensor] = {}
+            counts: Dict[str, int] = {}
+            window_start, window_step = time.perf_counter(), self.step
+            last_ckpt = time.monotonic()
+            order, order_epoch = None, -1
+            self.G.train()
+            self.D.train()
+            while self.step < self.total_steps:
+                epoch, position = divmod(self.step, self.steps_per_epoch)
+                if epoch != order_epoch:
+                    order, order_epoch = epoch_order(t.seed, epoch, len(self.data)).to(self.data.device), epoch
+                stats = self.train_step(self._batch(order, position))
+                for k, v in stats.items():
+                    sums[k] = sums[k] + v if k in sums else v.clone()
+                    counts[k] = counts.get(k, 0) + 1
+                if not t.fast:  # the sample code's habit: read every loss back at once
+                    _check_finite({k: v.item() for k, v in stats.items()}, self.step)
+                self.step += 1
+                bar.update(1)
+                end_of_epoch = self.step % self.steps_per_epoch == 0
+                if self.step % t.log_every == 0 or end_of_epoch or self.step == self.total_steps:
+                    means = {k: (sums[k] / counts[k]).item() for k in sums}
+                    _check_finite(means, self.step)
+                    now = time.perf_counter()
+                    self.elapsed += now - window_start
+                    rate = (self.step - window_step) * t.batch_size / max(now - window_start, 1e-9)
+                    log.write(self.step, self.step / self.steps_per_epoch, self.step * t.batch_size / 1000,
+                              self.elapsed, rate, means)
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in means.items()} | {"img/s": f"{rate:.0f}"})
+                    sums, counts = {}, {}
+                    window_start, window_step = time.perf_counter(), self.step
+                if (t.sample_every and self.step % t.sample_every == 0) or end_of_epoch:
+                    self.sample_grid()
+                if end_of_epoch:
+                    self.save(epoch_copy=self.step // self.steps_per_epoch if t.keep_epochs else None)
+                    plot_losses(self.run_dir / "log.csv", self.run_dir / "loss.png")
+                    last_ckpt = time.monotonic()
+                elif time.monotonic() - last_ckpt > t.ckpt_minutes * 60 or self.step == self.total_steps:
+                    self.save()
+                    last_ckpt = time.monotonic()
+            bar.close()
+            return self._finish(log)
+
+    def _finish(self, log: "RunLog") -> Path:
+        log.close()
+        self.sample_grid(name="final")
+        plot_losses(self.run_dir / "log.csv", self.run_dir / "loss.png")
+        out = save_generator(self.sampler().state_dict(), self.cfg.to_dict(), self.step, self.run_dir / "generator.pt")
+        print(f"train: finished {self.step} steps; generator at {out}")
+        return out
+
+    @torch.no_grad()
+    def sample_grid(self, name: Optional[str] = None) -> Path:
+        """A grid of 64 images from the same fixed noise at every call, so grids compare over time."""
+        from torchvision.utils import save_image
+
+        G = self.sampler()
+        was_training = G.training
+        G.eval()
+        images = G(fixed_noise(self.cfg).to(self.device)).float()
+        G.train(was_training)
+        path = self.run_dir / "samples" / f"{name or f'step_{self.step:07d}'}.png"
+        with atomic_path(path, suffix=".png") as tmp:
+            save_image(images, tmp, nrow=8, normalize=True, value_range=(-1, 1))
+        return path
+
+
+def _check_finite(values: Dict[str, float], step: int) -> None:
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    if bad:
+        raise UserError(
+            f"training diverged at step {step}: {bad}; the last good checkpoint is kept. "
+            "Lower the learning rates (SET='optim.lr_d=... optim.lr_g=...') or use train.amp=off"
+        )
+
+
+class RunLog:
+    """``log.csv``, truncated to the resumed step so a resumed run's curve has no duplicates."""
+
+    def __init__(self, path: Path, step: int):
+        self.path = path
+        rows = []
+        if path.is_file():
+            with open(path, newline="") as fh:
+                rows = [r for r in csv.DictReader(fh) if int(float(r["step"])) <= step]
+        self.fields = list(LOG_FIELDS)
+        for r in rows:
+            self.fields += [k for k in r if k not in self.fields]
+        with atomic_path(path) as tmp:
+            with open(tmp, "w", newline="") as fh:
+                w = csv.DictWriter(fh, self.fields)
+                w.writeheader()
+                w.writerows(rows)
+        self.fh = open(path, "a", newline="")
+
+    def write(self, step, epoch, kimg, seconds, rate, means: Dict[str, float]) -> None:
+        row = {"step": step, "epoch": round(epoch, 4), "kimg": round(kimg, 3), "seconds": round(seconds, 2),
+               "img_per_s": round(rate, 1), **{k: f"{v:.6g}" for k, v in means.items()}}
+        if any(k not in self.fields for k in row):  # a new statistic: rewrite the header
+            self.fh.close()
+            self.fields += [k for k in row if k not in self.fields]
+            with open(self.path, newline="") as fh:
+                old = list(csv.DictReader(fh))
+            with atomic_path(self.path) as tmp:
+                with open(tmp, "w", newline="") as fh:
+                    w = csv.DictWriter(fh, self.fields)
+                    w.writeheader()
+                    w.writerows(old)
+            self.fh = open(self.path, "a", newline="")
+        csv.DictWriter(self.fh, self.fields).writerow(row)
+        self.fh.flush()
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def plot_losses(log_csv: Path, out_png: Path) -> Optional[Path]:
+    """Loss curves against images shown, one panel for the losses and one for extra statistics."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    if not Path(log_csv).is_file():
+        return None
+    df = pd.read_csv(log_csv)
+    if df.empty:
+        return None
+    extras = [c for c in df.columns if c not in LOG_FIELDS]
+    fig, axes = plt.subplots(1, 2 if extras else 1, figsize=(11 if extras else 6, 4), squeeze=False)
+    for col in ("d_loss", "g_loss"):
+        if col in df:
+            axes[0][0].plot(df.kimg, df[col], label=col)
+    axes[0][0].set(xlabel="thousand images shown to the critic", ylabel="loss", title=Path(log_csv).parent.name)
+    axes[0][0].legend()
+    for col in extras:
+        axes[0][1].plot(df.kimg, df[col], label=col)
+    if extras:
+        axes[0][1].set(xlabel="thousand images shown to the critic", title="critic statistics")
+        axes[0][1].legend()
+    fig.tight_layout()
+    with atomic_path(out_png, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
+def train(cfg: Config, data_dir: Path, run_dir: Path, device: str = "auto", resume: bool = True,
+          progress: bool = True) -> Path:
+    """Train (or resume) the run in ``run_dir`` on prepared data; returns the path of ``generator.pt``."""
+    return Trainer(cfg, data_dir, run_dir, device, resume, progress).run()

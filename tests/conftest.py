@@ -1,0 +1,55 @@
+"""Shared fixtures: small image folders the tests make themselves, and the optional ../shared assets."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+DEV_ZIP = SHARED / "data" / "anime-faces-dev.zip"
+CASCADE = SHARED / "assets" / "lbpcascade_animeface.xml"
+
+needs_dev_faces = pytest.mark.skipif(
+    not DEV_ZIP.is_file(), reason=f"real dev faces not present ({DEV_ZIP}); only on the project's machines"
+)
+needs_cascade = pytest.mark.skipif(
+    not CASCADE.is_file(), reason=f"anime-face cascade not present ({CASCADE}); only on the project's machines"
+)
+
+
+def make_faces(folder: Path, n: int = 96, size: int = 72, seed: int = 0) -> Path:
+    """``n`` smooth random RGB images (blobs on gradients) as JPEG/PNG, named 0..n-1 like faces.zip."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    for i in range(n):
+        base = rng.uniform(0, 255, 3)
+        img = base + 80 * np.stack([np.sin(6 * xx + rng.uniform(0, 6)), np.cos(5 * yy), xx * yy], -1)
+        cx, cy, r = rng.uniform(0.3, 0.7, 2).tolist() + [rng.uniform(0.1, 0.3)]
+        img[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = rng.uniform(0, 255, 3)
+        arr = np.clip(img, 0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(folder / (f"{i}.jpg" if i % 4 else f"{i}.png"))
+    return folder
+
+
+@pytest.fixture
+def faces_dir(tmp_path) -> Path:
+    return make_faces(tmp_path / "faces")
+
+
+@pytest.fixture
+def prepared(tmp_path, faces_dir) -> Path:
+    from kaggle_gan.data import prepare
+
+    prepare(str(faces_dir), tmp_path / "data", size=64, workers=1)
+    return tmp_path / "data"
+
+
+def cli(*args: str) -> list:
+    """The kaggle-gan command as this interpreter runs it."""
+    return [sys.executable, "-m", "kaggle_gan.cli", *args]

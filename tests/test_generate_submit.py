@@ -1,0 +1,87 @@
+import tarfile
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kaggle_gan.config import resolve
+from kaggle_gan.generate import generate
+from kaggle_gan.io import UserError
+from kaggle_gan.submit import pack, validate
+from kaggle_gan.train import train
+
+from test_train import TINY
+
+
+@pytest.fixture
+def run(prepared, tmp_path):
+    cfg = resolve("baseline", {**TINY, "train.max_steps": 4})
+    train(cfg, prepared, tmp_path / "run", device="cpu", progress=False)
+    return tmp_path / "run"
+
+
+def test_generation_is_seeded_and_deterministic(run, tmp_path):
+    a = generate(run, tmp_path / "a", n=30, seed=7, device="cpu", batch_size=8)
+    b = generate(run, tmp_path / "b", n=30, seed=7, device="cpu", batch_size=16)
+    c = generate(run, tmp_path / "c", n=30, seed=8, device="cpu")
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(f"{i}.jpg" for i in range(1, 31))
+    assert all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
+    assert (a / "1.jpg").read_bytes() != (c / "1.jpg").read_bytes()
+    with Image.open(a / "30.jpg") as img:
+        assert img.size == (64, 64) and img.mode == "RGB"  # upsampled from the 32 px model
+    assert (tmp_path / "a.json").is_file()
+
+
+def test_regenerating_replaces_the_folder_whole(run, tmp_path):
+    out = generate(run, tmp_path / "imgs", n=10, device="cpu")
+    (out / "stale.jpg").write_bytes(b"x")
+    generate(run, out, n=5, device="cpu")
+    assert sorted(p.name for p in out.iterdir()) == [f"{i}.jpg" for i in range(1, 6)]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith((".tmp-", ".old-"))]
+
+
+def write_images(folder, n=1000, size=64):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(1, n + 1):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.jpg", quality=60)
+    return folder
+
+
+def test_pack_writes_a_flat_archive_and_never_overwrites(tmp_path):
+    imgs = write_images(tmp_path / "imgs")
+    out = pack(imgs, tmp_path / "sub" / "images.tgz")
+    with tarfile.open(out) as tar:
+        names = tar.getnames()
+    assert sorted(names, key=lambda n: int(n[:-4])) == [f"{i}.jpg" for i in range(1, 1001)]
+    with pytest.raises(UserError, match="already exists"):
+        pack(imgs, out)
+    pack(imgs, out, force=True)
+    z = pack(imgs, tmp_path / "sub" / "images.zip", fmt="zip")
+    assert len(zipfile.ZipFile(z).namelist()) == 1000 and "/" not in "".join(zipfile.ZipFile(z).namelist())
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda f: (f / "1000.jpg").unlink(), "1 missing"),
+    (lambda f: (f / "extra.png").write_bytes(b"x"), "unexpected files"),
+    (lambda f: (f / "5.jpg").write_bytes(b"garbage"), "5.jpg: unreadable"),
+    (lambda f: Image.new("RGB", (96, 96)).save(f / "6.jpg"), "6.jpg: 96x96, not 64x64"),
+    (lambda f: Image.new("RGB", (64, 64)).save(f / "7.jpg", format="PNG"), "7.jpg: PNG, not JPEG"),
+    (lambda f: Image.new("L", (64, 64)).save(f / "8.jpg"), "8.jpg: mode L"),
+])
+def test_submission_validation_refuses_bad_folders(tmp_path, damage, message):
+    imgs = write_images(tmp_path / "imgs")
+    damage(imgs)
+    with pytest.raises(UserError, match=message):
+        pack(imgs, tmp_path / "images.tgz")
+    assert not (tmp_path / "images.tgz").exists()
+
+
+def test_validate_counts_a_short_folder(tmp_path):
+    imgs = write_images(tmp_path / "imgs", n=999)
+    with pytest.raises(UserError, match="1 missing .e.g. 1000.jpg"):
+        validate(imgs)
+    assert len(validate(imgs, count=999)) == 999

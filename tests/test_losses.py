@@ -1,0 +1,78 @@
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kaggle_gan.config import LossConfig
+from kaggle_gan.losses import BCELoss, StepContext, WGANLoss, build_loss, gradient_penalty
+
+
+class Linear(nn.Module):
+    """D(x) = <w, x> + b: its input gradient is w everywhere."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.w = nn.Parameter(w)
+
+    def forward(self, x):
+        return (x.flatten(1) * self.w.flatten()).sum(1) + 0.3
+
+
+def test_gradient_penalty_of_a_linear_critic_is_closed_form():
+    torch.manual_seed(0)
+    w = torch.randn(3, 4, 4)
+    real, fake = torch.randn(5, 3, 4, 4), torch.randn(5, 3, 4, 4)
+    gp = gradient_penalty(Linear(w), real, fake, StepContext(torch.Generator().manual_seed(1)))
+    assert torch.allclose(gp, (w.norm() - 1) ** 2, rtol=1e-5)
+
+
+def test_gradient_penalty_ignores_the_fp16_loss_scale():
+    """The penalty is computed on unscaled gradients: a loss scale must not change its value."""
+    w = torch.randn(3, 4, 4)
+    real, fake = torch.randn(5, 3, 4, 4), torch.randn(5, 3, 4, 4)
+    plain = gradient_penalty(Linear(w), real, fake, StepContext(torch.Generator().manual_seed(1)))
+    scaled = gradient_penalty(Linear(w), real, fake,
+                              StepContext(torch.Generator().manual_seed(1), scale=lambda t: t * 65536.0))
+    assert torch.allclose(plain, scaled, rtol=1e-5)
+
+
+def test_gradient_penalty_draws_one_mixing_weight_per_image():
+    """With D(x) = ||x||^2 / 2 the gradient is x itself, so each image's norm reveals its own mix."""
+    class Half(nn.Module):
+        def forward(self, x):
+            return 0.5 * x.flatten(1).pow(2).sum(1)
+    real, fake = torch.ones(64, 1, 1, 1), torch.zeros(64, 1, 1, 1)
+    g = torch.Generator().manual_seed(0)
+    alphas = torch.rand(64, 1, 1, 1, generator=torch.Generator().manual_seed(0))
+    gp = gradient_penalty(Half(), real, fake, StepContext(g))
+    assert torch.allclose(gp, ((alphas.flatten() - 1) ** 2).mean(), rtol=1e-5)
+    assert alphas.unique().numel() == 64
+
+
+def test_bce_matches_sigmoid_plus_bceloss():
+    torch.manual_seed(0)
+    D = nn.Sequential(nn.Flatten(), nn.Linear(12, 1), nn.Flatten(0))
+    real, fake = torch.randn(8, 3, 2, 2), torch.randn(8, 3, 2, 2)
+    loss, _ = BCELoss().critic_loss(D, real, fake, StepContext())
+    p_real, p_fake = torch.sigmoid(D(real)), torch.sigmoid(D(fake))
+    want = (F.binary_cross_entropy(p_real, torch.ones(8)) + F.binary_cross_entropy(p_fake, torch.zeros(8))) / 2
+    assert torch.allclose(loss, want, rtol=1e-5)
+    g = BCELoss().generator_loss(D, fake, StepContext())
+    assert torch.allclose(g, F.binary_cross_entropy(p_fake, torch.ones(8)), rtol=1e-5)
+
+
+def test_wgan_clips_the_critic_and_estimates_the_distance():
+    D = nn.Sequential(nn.Flatten(), nn.Linear(4, 1), nn.Flatten(0))
+    with torch.no_grad():
+        D[1].weight.fill_(0.5)
+        D[1].bias.fill_(0.0)
+    loss = WGANLoss(clip=0.01)
+    real, fake = torch.ones(4, 4), torch.zeros(4, 4)
+    d_loss, stats = loss.critic_loss(D, real, fake, StepContext())
+    assert torch.isclose(stats["wdist"], torch.tensor(2.0)) and torch.isclose(d_loss, torch.tensor(-2.0))
+    loss.after_critic_step(D)
+    assert D[1].weight.abs().max() <= 0.01
+
+
+def test_build_loss_names():
+    for name in ("bce", "wgan", "wgan-gp", "hinge"):
+        assert build_loss(LossConfig(name=name)).name == name

@@ -1,0 +1,108 @@
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+from kaggle_gan.checkpoint import load_latest
+from kaggle_gan.config import resolve
+from kaggle_gan.generate import load_generator
+from kaggle_gan.io import RunLock, UserError
+from kaggle_gan.train import Trainer, train
+
+from conftest import cli
+
+TINY = {"model.g_width": 8, "model.d_width": 8, "model.resolution": 32, "train.batch_size": 16,
+        "train.log_every": 2, "train.ckpt_minutes": 100.0}
+
+
+def tiny(preset, **more):
+    return resolve(preset, {**TINY, **{k.replace("__", "."): v for k, v in more.items()}})
+
+
+@pytest.mark.parametrize("preset", ["baseline", "medium", "wgan", "strong"])
+def test_one_step_of_each_preset_changes_weights_and_keeps_them_finite(preset, prepared, tmp_path):
+    cfg = tiny(preset)
+    t = Trainer(cfg, prepared, tmp_path / preset, device="cpu", progress=False)
+    before_D = [p.detach().clone() for p in t.D.parameters()]
+    before_G = [p.detach().clone() for p in t.G.parameters()]
+    t.step = cfg.loss.n_critic - 1  # the next step is also a generator step
+    t.train_step(t._batch(torch.randperm(len(t.data)), 0))
+    for old, new in ((before_D, list(t.D.parameters())), (before_G, list(t.G.parameters()))):
+        assert any(not torch.equal(a, b) for a, b in zip(old, new))
+        assert all(torch.isfinite(p).all() for p in new)
+    if preset == "wgan":
+        assert max(p.abs().max().item() for p in t.D.parameters()) <= cfg.loss.clip
+
+
+def test_run_writes_its_outputs(prepared, tmp_path):
+    run = tmp_path / "run"
+    out = train(tiny("baseline", train__max_steps=8, train__sample_every=4), prepared, run, device="cpu", progress=False)
+    assert out == run / "generator.pt"
+    for f in ("config.json", "log.csv", "loss.png", "samples/step_0000004.png", "samples/final.png", "checkpoints/last.pt"):
+        assert (run / f).is_file(), f
+    G, cfg, step = load_generator(run, torch.device("cpu"))
+    assert step == 8 and cfg.model.resolution == 32
+
+
+def test_resume_continues_exactly(prepared, tmp_path):
+    """Stopping at step 6 and resuming to 12 gives bit-identical weights to 12 steps in one go."""
+    full = train(tiny("strong", train__max_steps=12), prepared, tmp_path / "a", device="cpu", progress=False)
+    train(tiny("strong", train__max_steps=6), prepared, tmp_path / "b", device="cpu", progress=False)
+    (tmp_path / "b" / "generator.pt").unlink()
+    resumed = train(tiny("strong", train__max_steps=12), prepared, tmp_path / "b", device="cpu", progress=False)
+    a, b = torch.load(full, weights_only=True), torch.load(resumed, weights_only=True)
+    assert a["step"] == b["step"] == 12
+    for k in a["G"]:
+        assert torch.equal(a["G"][k], b["G"][k]), k
+    sa, sb = load_latest(tmp_path / "a" / "checkpoints"), load_latest(tmp_path / "b" / "checkpoints")
+    for k in sa["D"]:
+        assert torch.equal(sa["D"][k], sb["D"][k]), k
+
+
+def test_resume_refuses_a_different_architecture(prepared, tmp_path):
+    train(tiny("baseline", train__max_steps=2), prepared, tmp_path / "r", device="cpu", progress=False)
+    with pytest.raises(UserError, match="model.g_width"):
+        Trainer(resolve("baseline", {**TINY, "model.g_width": 16}), prepared, tmp_path / "r", device="cpu")
+
+
+def test_divergence_stops_with_a_clear_message_and_keeps_the_last_checkpoint(prepared, tmp_path):
+    run = tmp_path / "nan"
+    train(tiny("baseline", train__max_steps=4), prepared, run, device="cpu", progress=False)
+    (run / "generator.pt").unlink()
+    t = Trainer(tiny("baseline", train__max_steps=8), prepared, run, device="cpu", progress=False)
+    with torch.no_grad():
+        t.D.body[0].weight.fill_(float("nan"))
+    with pytest.raises(UserError, match="diverged at step"):
+        t.run()
+    assert load_latest(run / "checkpoints")["step"] == 4
+    assert not (run / "generator.pt").exists()
+
+
+def test_a_second_process_on_the_same_run_is_refused(tmp_path):
+    with RunLock(tmp_path):
+        with pytest.raises(UserError, match="in use by pid"):
+            with RunLock(tmp_path):
+                pass
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_ends_at_the_same_step(prepared, tmp_path):
+    sets = " ".join(f"{k}={v}" for k, v in {**TINY, "train.max_steps": 60, "train.ckpt_minutes": 0.0}.items())
+    args = cli("train", "--preset", "strong", "--run", "k", "--work", str(tmp_path), "--data", str(prepared),
+               "--device", "cpu", "--set", sets)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "runs" / "k" / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "runs" / "k" / "generator.pt").exists()
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resumed from" in done.stdout
+    assert torch.load(tmp_path / "runs" / "k" / "generator.pt", weights_only=True)["step"] == 60
