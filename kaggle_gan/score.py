@@ -1,0 +1,436 @@
+"""The score report: FID and AFD of a folder of images, the homework baselines they pass, a leaderboard.
+
+``score`` checks every input before it computes anything, so bad input costs
+seconds and leaves nothing behind; outputs are written atomically:
+
+- ``scores.json`` (and ``afd.csv``, one row per image) beside the run, or under
+  ``WORK/scores/`` for any other folder,
+- one row appended to ``WORK/leaderboard.csv``.
+
+The judge's FID scale is not pytorch-fid's (see HW6.md), so the local FID is
+placed between two anchors computed the same way: the real-data floor and,
+once a sample-code run has been scored, that run's FID.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import math
+import re
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Iterator, List, Optional, Tuple, Union
+
+import numpy as np
+
+from . import __version__
+from .io import UserError, atomic_path, read_json, write_json
+
+# (level, judge FID <=, AFD >=) from the homework slides; FID on the judge's own scale.
+LEVELS: Tuple[Tuple[str, float, float], ...] = (
+    ("simple", 30000.0, 0.0),
+    ("medium", 12000.0, 0.4),
+    ("strong", 10000.0, 0.5),
+    ("boss", 9000.0, 0.6),
+)
+SUBMISSION_COUNT = 1000
+DEFAULT_REF_COUNT = 10_000
+# A run whose name or recorded preset is one of these is the sample-code anchor
+# ("baseline" is the sample-code preset, and a run is named after its preset by default).
+SAMPLE_CODE_NAMES = ("baseline", "sample")
+LEADERBOARD = "leaderboard.csv"
+LEADERBOARD_COLUMNS = [
+    "scored_at", "run", "preset", "images", "n_images", "level", "afd", "fid_label", "fid",
+    "fid_floor", "fid_sample", "fid_key", "detector", "scores",
+]
+
+
+# --- reading the folder -----------------------------------------------------------
+
+def load_image_folder(folder: Path, size: int, resample: str = "bilinear") -> Tuple[List[str], np.ndarray, dict]:
+    """Every file of ``folder`` -> names, (N, size, size, 3) uint8 images and a note on resizing.
+
+    All files must be images of one size (anything else is a :class:`UserError`
+    listing the culprits); images of another size than ``size`` are brought to
+    it the way the training data was prepared.
+    """
+    from PIL import Image
+
+    from .data import decode_image, iter_image_files
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"images folder not found: {folder}")
+    files = iter_image_files(folder)
+    if not files:
+        raise UserError(f"{folder} holds no files; generate images first (make generate)")
+    bad, sizes, decoded = [], Counter(), []
+    example = {}
+    for path in files:
+        try:
+            data = path.read_bytes()
+            with Image.open(io.BytesIO(data)) as img:
+                dims = img.size
+            arr = decode_image(data, size, resample)
+        except (ValueError, OSError) as err:
+            bad.append(f"{path.name} ({str(err) or type(err).__name__})")
+            continue
+        sizes[dims] += 1
+        example.setdefault(dims, path.name)
+        decoded.append((path.name, arr))
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise UserError(f"{len(bad)} of {len(files)} files in {folder} are not images: {shown}; remove them")
+    if len(sizes) > 1:
+        listing = ", ".join(f"{w}x{h}: {c} files (e.g. {example[(w, h)]})" for (w, h), c in sizes.most_common())
+        raise UserError(f"mixed image sizes in {folder} ({listing}); every image must have the same size")
+    (w, h), = sizes.keys()
+    note = {"original_size": [w, h], "resized": (w, h) != (size, size)}
+    names = [n for n, _ in decoded]
+    return names, np.stack([a for _, a in decoded]), note
+
+
+# --- verdicts and anchors --------------------------------------------------------
+
+def verdicts(afd: float, n_images: int) -> dict:
+    """Per level: its thresholds, whether the AFD passes, and ``pass`` (AFD and a 1000-image count)."""
+    out = {}
+    for name, fid_max, afd_min in LEVELS:
+        afd_ok = bool(afd >= afd_min)
+        out[name] = {
+            "judge_fid_max": fid_max,
+            "afd_min": afd_min,
+            "afd_pass": afd_ok,
+            "pass": afd_ok and n_images == SUBMISSION_COUNT,
+        }
+    return out
+
+
+def best_level(v: dict) -> str:
+    passed = [name for name, _, _ in LEVELS if v[name]["pass"]]
+    return passed[-1] if passed else "none"
+
+
+def fid_position(fid: Optional[float], floor: Optional[float], sample: Optional[float]) -> Optional[float]:
+    """0 at the real-data floor, 1 at the sample-code FID; None when an end is missing."""
+    if fid is None or floor is None or sample is None or not sample > floor:
+        return None
+    return (fid - floor) / (sample - floor)
+
+
+def _run_preset(run_dir: Path) -> Optional[str]:
+    """The preset recorded beside a run, when the run folder says."""
+    for name in ("config.json", "run.json", "options.json"):
+        path = run_dir / name
+        if path.is_file():
+            try:
+                cfg = read_json(path)
+            except Exception:
+                continue
+            if isinstance(cfg, dict):
+                preset = cfg.get("preset") or (cfg.get("config") or {}).get("preset")
+                if preset:
+                    return str(preset)
+    return None
+
+
+def _sample_anchor(work: Path, fid_key: str) -> Tuple[Optional[float], Optional[str]]:
+    """Latest sample-code FID computed the same way (same weights, reference and policy)."""
+    table = _read_leaderboard(work)
+    if table.empty:
+        return None, None
+    same = table[(table.fid_key == fid_key) & table.fid.notna()]
+    is_sample = same.run.astype(str).isin(SAMPLE_CODE_NAMES) | same.preset.astype(str).isin(SAMPLE_CODE_NAMES)
+    rows = same[is_sample]
+    if rows.empty:
+        return None, None
+    last = rows.iloc[-1]
+    return float(last.fid), str(last.run)
+
+
+# --- the report ------------------------------------------------------------------
+
+def _run_dir_of(work: Path, images_dir: Path) -> Optional[Path]:
+    """``WORK/runs/RUN`` when ``images_dir`` is that run's ``images`` folder, else None."""
+    resolved = images_dir.resolve()
+    if resolved.name == "images" and resolved.parent.parent == (work / "runs").resolve():
+        return resolved.parent
+    return None
+
+
+def _default_out(work: Path, images_dir: Path) -> Path:
+    """Beside a run's images folder, or ``WORK/scores/NAME-HASH/`` for any other folder."""
+    run_dir = _run_dir_of(work, images_dir)
+    if run_dir is not None:
+        return run_dir / "scores.json"
+    digest = hashlib.sha1(str(images_dir.resolve()).encode()).hexdigest()[:8]
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", images_dir.resolve().name) or "images"
+    return work / "scores" / f"{stem}-{digest}" / "scores.json"
+
+
+def _fmt(x: Optional[float], digits: int = 2) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def report_table(report: dict) -> "pd.DataFrame":  # noqa: F821
+    """One row: image count, FID and its anchors, AFD, and pass/fail per homework level."""
+    import pandas as pd
+
+    fid = report["fid"]
+    label = fid.get("label", "FID")
+    row = {
+        "images": report["n_images"],
+        label: _fmt(fid.get("value")) if fid["status"] == "ok" else "skipped",
+        "real floor": _fmt(fid.get("anchors", {}).get("real_floor")),
+        "sample code": _fmt(fid.get("anchors", {}).get("sample_code")),
+        "AFD": f"{report['afd']['rate']:.3f}",
+    }
+    for name, _, _ in LEVELS:
+        v = report["verdicts"][name]
+        row[name] = "pass" if v["pass"] else ("fail (count)" if v["afd_pass"] else "fail")
+    return pd.DataFrame([row])
+
+
+def score(
+    images_dir: Union[str, Path],
+    data_dir: Union[str, Path],
+    work: Union[str, Path],
+    inception_weights: Union[str, Path, None] = None,
+    detector=None,
+    device: str = "auto",
+    ref_count: Optional[int] = DEFAULT_REF_COUNT,
+    run: Optional[str] = None,
+    out: Union[str, Path, None] = None,
+    *,
+    inception_sha256: Optional[str] = None,
+    quiet: bool = False,
+) -> dict:
+    """Score a folder of images against the prepared training data; write and print the report.
+
+    Args:
+        images_dir: folder of images (generated or real), e.g. ``WORK/runs/RUN/images``;
+            every file must be an image, all of one size; a submission has 1000.
+        data_dir: prepared training data (``kaggle-gan prepare`` output, ``WORK/data``).
+        work: work folder; holds the reference-statistics cache (``cache/fid``),
+            ``leaderboard.csv`` and, for folders outside a run, ``scores/``.
+        inception_weights: None (torch hub cache, then the kaggle_gan cache), a path to
+            ``pt_inception-2015-12-05-6726825d.pth``, or ``random:SEED`` for a labelled proxy FID.
+            With None and no file found, the FID is skipped with one line saying how to supply
+            the weights; a path that does not exist is an error.
+        detector: None (the lbpcascade_animeface cascade, fetched once and cached), a cascade
+            XML path, ``NAME:ARG`` of a registered detector, or a :class:`kaggle_gan.afd.Detector`.
+        device: ``auto``, ``cpu`` or ``cuda`` for the Inception network.
+        ref_count: training images in the reference statistics (a seeded subsample when the
+            data has more; 1000 others are held out for the real-data floor); None: 10,000.
+        run: name the leaderboard row carries; when ``images_dir`` is ``WORK/runs/RUN/images``
+            the folder decides the name and the report goes to ``WORK/runs/RUN/scores.json``;
+            other folders report to ``WORK/scores/NAME-HASH/scores.json``.
+        out: where to write ``scores.json`` instead (``afd.csv`` goes beside it).
+        inception_sha256: expected sha256 (or prefix) of the weights file, for files other than
+            the published one.
+        quiet: do not print the table.
+
+    Returns:
+        The report written to ``scores.json``.
+    """
+    from . import afd as afd_mod
+    from . import fid as fid_mod
+    from .data import load_prepared
+    from .runtime import resolve_device
+    from .weights import WeightsMissing
+
+    images_dir, data_dir, work = Path(images_dir), Path(data_dir), Path(work)
+    ref_count = DEFAULT_REF_COUNT if ref_count is None else int(ref_count)
+    if ref_count < 2:
+        raise UserError(f"--ref-count must be at least 2, got {ref_count}")
+    run_dir = _run_dir_of(work, images_dir)
+    if run_dir is not None:  # the folder says which run it is, whatever --run defaulted to
+        run = run_dir.name
+    # Everything a user can get wrong is checked here, before minutes of computing.
+    prepared = load_prepared(data_dir)
+    size = int(prepared.images.shape[1])
+    names, images, size_note = load_image_folder(images_dir, size, prepared.meta.get("resample", "bilinear"))
+    det = afd_mod.make_detector(detector)
+    notes: List[str] = []
+    dev = resolve_device(device)
+    try:
+        model = fid_mod.load_inception(inception_weights, dev, sha256=inception_sha256)
+    except WeightsMissing as err:
+        if inception_weights is not None:  # a path the user typed is a mistake to fix, not a reason to skip
+            raise
+        model = None
+        notes.append(f"FID skipped: {err}")
+    if model is not None and len(images) < 2:
+        model = None
+        notes.append("FID skipped: it needs at least 2 images")
+    out = Path(out) if out else _default_out(work, images_dir)
+    csv_path = out.parent / "afd.csv" if out.name == "scores.json" else out.with_name(out.stem + ".afd.csv")
+    if len(images) != SUBMISSION_COUNT:
+        notes.append(f"{len(images)} images: a submission needs exactly {SUBMISSION_COUNT}, so no level can pass")
+    if size_note["resized"]:
+        w, h = size_note["original_size"]
+        notes.append(f"images are {w}x{h}: resized to {size}x{size} like the training data before scoring")
+
+    afd = afd_mod.detection_rate(images, det, names, progress=not quiet)
+    fid_report: dict = {"status": "skipped", "label": "FID", "resize_policy": fid_mod.RESIZE_POLICY}
+    if model is not None:
+        ref = fid_mod.reference_stats(prepared.images, prepared.meta["images_sha256"], model, work / "cache" / "fid", ref_count)
+        feats = fid_mod.activations(images, model, desc=f"scoring ({len(images)} images)")
+        value = fid_mod.frechet_distance_to_features(feats, ref.mu, ref.sigma)
+        fid_key = f"{model.weights.identity}|{ref.key}"
+        sample, sample_run = _sample_anchor(work, fid_key)
+        fid_report = {
+            "status": "ok",
+            "value": value,
+            "label": model.label,
+            "proxy": model.weights.is_random,
+            "key": fid_key,
+            "resize_policy": fid_mod.RESIZE_POLICY,
+            "weights": model.weights.describe(),
+            "device": str(dev),
+            "reference": {
+                "count": ref.count, "holdout": ref.holdout, "requested": ref_count, "key": ref.key,
+                "cache": str(ref.path), "cache_hit": ref.cache_hit, "data_images": len(prepared.images),
+            },
+            "anchors": {"real_floor": ref.floor, "sample_code": sample, "sample_run": sample_run},
+            "position": fid_position(value, ref.floor, sample),
+        }
+        if model.weights.is_random:
+            notes.append(
+                f"{model.label}: random Inception weights, comparable only with proxies of seed {model.weights.seed}"
+            )
+        if sample is None:
+            notes.append(
+                f"no sample-code anchor yet: train and score the run {SAMPLE_CODE_NAMES[0]!r} (preset baseline) "
+                "with the same weights"
+            )
+    v = verdicts(afd.rate, len(images))
+    report = {
+        "version": __version__,
+        "scored_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "run": run,
+        "preset": _run_preset(work / "runs" / run) if run else None,
+        "images_dir": str(images_dir.resolve()),
+        "data_dir": str(data_dir.resolve()),
+        "n_images": len(images),
+        "image_size": size_note["original_size"],
+        "afd": {"rate": afd.rate, "detected": int(afd.table.detected.sum()), "detector": afd.detector, "csv": str(csv_path)},
+        "fid": fid_report,
+        "verdicts": v,
+        "level": best_level(v),
+        "notes": notes,
+        "scores": str(out),
+    }
+    with atomic_path(csv_path) as tmp:
+        afd.table.to_csv(tmp, index=False)
+    write_json(out, report)
+    _append_leaderboard(work, report)
+    if not quiet:
+        print(render(report))
+    return report
+
+
+def render(report: dict) -> str:
+    """The printed form: the table, where the FID stands, and the notes."""
+    lines = [report_table(report).to_string(index=False)]
+    fid = report["fid"]
+    if fid["status"] == "ok":
+        pos = fid.get("position")
+        where = f", {pos:.2f} of the way from the floor to the sample code" if pos is not None else ""
+        lines.append(
+            f"{fid['label']} {fid['value']:.2f} (real-data floor {fid['anchors']['real_floor']:.2f}{where}); "
+            f"judge FID limits are on another scale ({fid['resize_policy']}, {fid['reference']['count']} reference images)"
+        )
+    lines.append(f"AFD: {report['afd']['detected']}/{report['n_images']} images with a face ({report['afd']['detector']['name']})")
+    lines += [f"note: {n}" for n in report["notes"]]
+    lines.append(f"report: {report['scores']}")
+    return "\n".join(lines)
+
+
+# --- leaderboard -------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _locked(work: Path) -> Iterator[None]:
+    """Serialise leaderboard updates between concurrent ``score`` processes (waits, never fails)."""
+    import fcntl
+
+    work.mkdir(parents=True, exist_ok=True)
+    with open(work / ".leaderboard.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _read_leaderboard(work: Path) -> "pd.DataFrame":  # noqa: F821
+    import pandas as pd
+
+    path = Path(work) / LEADERBOARD
+    if not path.is_file():
+        return pd.DataFrame(columns=LEADERBOARD_COLUMNS)
+    table = pd.read_csv(path)
+    for col in LEADERBOARD_COLUMNS:
+        if col not in table:
+            table[col] = None
+    return table[LEADERBOARD_COLUMNS]
+
+
+def _append_leaderboard(work: Path, report: dict) -> None:
+    import pandas as pd
+
+    fid = report["fid"]
+    row = {
+        "scored_at": report["scored_at"],
+        "run": report["run"] or "",
+        "preset": report["preset"] or "",
+        "images": report["images_dir"],
+        "n_images": report["n_images"],
+        "level": report["level"],
+        "afd": round(report["afd"]["rate"], 4),
+        "fid_label": fid["label"] if fid["status"] == "ok" else "skipped",
+        "fid": fid.get("value"),
+        "fid_floor": fid.get("anchors", {}).get("real_floor"),
+        "fid_sample": fid.get("anchors", {}).get("sample_code"),
+        "fid_key": fid.get("key", ""),
+        "detector": f"{report['afd']['detector'].get('name')}:{str(report['afd']['detector'].get('sha256', ''))[:8]}",
+        "scores": report["scores"],
+    }
+    with _locked(work):
+        table = _read_leaderboard(work)
+        table = pd.concat([table, pd.DataFrame([row])], ignore_index=True) if len(table) else pd.DataFrame([row])
+        with atomic_path(work / LEADERBOARD) as tmp:
+            table[LEADERBOARD_COLUMNS].to_csv(tmp, index=False)
+
+
+def leaderboard(work: Union[str, Path]) -> "pd.DataFrame":  # noqa: F821
+    """Scored folders, best first: highest level passed, then real FID before proxies, lower FID, higher AFD.
+
+    Only the latest score of a folder with the same FID flavour and detector is kept.
+    Empty (with the columns) when nothing has been scored.
+    """
+    table = _read_leaderboard(Path(work))
+    if table.empty:
+        return table
+    table = table.drop_duplicates(subset=["images", "fid_key", "detector"], keep="last").copy()
+    rank = {name: i + 1 for i, (name, _, _) in enumerate(LEVELS)}
+    table["_level"] = table.level.map(rank).fillna(0)
+    table["_proxy"] = table.fid_label.astype(str).str.startswith("proxy") | table.fid.isna()
+    table = table.sort_values(["_level", "_proxy", "fid", "afd"], ascending=[False, True, True, False], na_position="last")
+    return table.drop(columns=["_level", "_proxy"]).reset_index(drop=True)
+
+
+def format_leaderboard(table: "pd.DataFrame") -> str:  # noqa: F821
+    """The printed leaderboard (``make leaderboard``): the columns a user compares, best first."""
+    if table.empty:
+        return "no scores yet: run `make score` (kaggle-gan score) first"
+    shown = table.assign(
+        run=table.run.fillna("").astype(str).where(table.run.notna() & (table.run.astype(str) != ""), table.images),
+        afd=table.afd.map(lambda x: f"{x:.3f}"),
+        fid=table.fid.map(lambda x: "-" if x != x else f"{x:.2f}"),
+        fid_floor=table.fid_floor.map(lambda x: "-" if x != x or x is None else f"{float(x):.2f}"),
+    )
+    cols = ["run", "preset", "level", "afd", "fid_label", "fid", "fid_floor", "n_images", "scored_at"]
+    return shown[cols].astype(object).fillna("").to_string(index=False)

@@ -1,0 +1,166 @@
+"""The score report: columns, verdicts, anchors, leaderboard, bad input, skipped FID."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kaggle_gan import afd, score as score_mod
+from kaggle_gan.data import prepare
+from kaggle_gan.io import UserError
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+CASCADE = SHARED / "assets" / "lbpcascade_animeface.xml"
+COLUMNS = ["images", "FID", "real floor", "sample code", "AFD", "simple", "medium", "strong", "boss"]
+
+
+class Bright(afd.Detector):
+    """A face wherever the image's mean exceeds 127: the AFD of a test folder is known exactly."""
+
+    name = "bright"
+
+    def detect(self, image):
+        return [afd.Detection(0, 0, 8, 8, 1.0)] if image.mean() > 127 else []
+
+
+def write_images(folder: Path, values, size=64, fmt="png") -> Path:
+    """One flat-ish image per value (mean ~ value), named 1.png, 2.png, ..."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(len(values))
+    for i, v in enumerate(values, 1):
+        arr = np.clip(rng.normal(v, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(folder / f"{i}.{fmt}")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    write_images(root / "raw", list(np.linspace(30, 220, 16)))
+    return prepare(str(root / "raw"), root / "data", 64, workers=1).folder
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No Inception weights anywhere."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("KAGGLE_GAN_CACHE", str(tmp_path / "kg"))
+
+
+def test_report_without_inception_weights(data_dir, tmp_path, offline, capsys):
+    images = write_images(tmp_path / "imgs", [50, 200, 210, 40, 220])  # 3 of 5 bright
+    report = score_mod.score(images, data_dir, tmp_path / "work", detector=Bright(), device="cpu")
+    assert report["afd"]["rate"] == pytest.approx(0.6)
+    assert report["fid"]["status"] == "skipped"
+    skipped = [n for n in report["notes"] if n.startswith("FID skipped")]
+    assert len(skipped) == 1 and "--inception-weights" in skipped[0] and "\n" not in skipped[0]
+    assert list(score_mod.report_table(report).columns) == COLUMNS
+    # 5 images: every AFD threshold is met but no level passes, because a submission is 1000 images.
+    assert score_mod.report_table(report).iloc[0][["simple", "boss"]].tolist() == ["fail (count)", "fail (count)"]
+    out = Path(report["scores"])
+    assert json.loads(out.read_text())["afd"]["rate"] == pytest.approx(0.6)
+    csv = (out.parent / "afd.csv").read_text().splitlines()
+    assert len(csv) == 6 and csv[0].startswith("file,faces,detected")
+    printed = capsys.readouterr().out
+    assert "FID skipped" in printed and "simple" in printed
+
+
+def test_verdicts_follow_the_afd_thresholds():
+    v = score_mod.verdicts(0.55, 1000)
+    assert [v[k]["pass"] for k in ("simple", "medium", "strong", "boss")] == [True, True, True, False]
+    assert score_mod.best_level(v) == "strong"
+    assert score_mod.best_level(score_mod.verdicts(0.6, 1000)) == "boss"
+    short = score_mod.verdicts(0.9, 999)
+    assert not any(x["pass"] for x in short.values()) and all(x["afd_pass"] for x in short.values())
+    assert score_mod.fid_position(60.0, 20.0, 120.0) == pytest.approx(0.4)
+    assert score_mod.fid_position(60.0, 20.0, None) is None
+
+
+def test_proxy_fid_with_cache_and_sample_code_anchor(data_dir, tmp_path, offline):
+    work = tmp_path / "work"
+    sample_images = write_images(work / "runs" / "baseline" / "images", [60, 90, 120, 150])
+    first = score_mod.score(sample_images, data_dir, work, inception_weights="random:0", detector=Bright(),
+                            device="cpu", ref_count=6)
+    fid = first["fid"]
+    assert first["run"] == "baseline" and Path(first["scores"]) == work / "runs" / "baseline" / "scores.json"
+    assert fid["status"] == "ok" and fid["proxy"] and fid["label"] == "proxy FID (random:0)"
+    assert fid["reference"] == {**fid["reference"], "count": 6, "holdout": 8, "cache_hit": False}
+    assert np.isfinite(fid["value"]) and np.isfinite(fid["anchors"]["real_floor"])
+    assert "proxy FID (random:0)" in score_mod.report_table(first).columns
+
+    mine = write_images(tmp_path / "mine", [100, 200, 210, 220])
+    second = score_mod.score(mine, data_dir, work, inception_weights="random:0", detector=Bright(),
+                             device="cpu", ref_count=6, run="mine", out=tmp_path / "mine.json")
+    assert second["fid"]["reference"]["cache_hit"]
+    assert second["fid"]["anchors"]["sample_code"] == pytest.approx(fid["value"])
+    assert second["fid"]["anchors"]["real_floor"] == fid["anchors"]["real_floor"]
+    assert (tmp_path / "mine.afd.csv").is_file()
+
+    board = score_mod.leaderboard(work)
+    assert sorted(board.run.tolist()) == ["baseline", "mine"]
+    assert set(board.fid_label) == {"proxy FID (random:0)"}
+    assert "proxy FID (random:0)" in score_mod.format_leaderboard(board)
+
+
+def test_leaderboard_best_first(tmp_path):
+    import pandas as pd
+
+    rows = [
+        dict(run="a", images="/a", level="medium", fid=150.0, afd=0.45, fid_label="FID", fid_key="k", detector="d"),
+        dict(run="b", images="/b", level="strong", fid=190.0, afd=0.52, fid_label="FID", fid_key="k", detector="d"),
+        dict(run="c", images="/c", level="strong", fid=170.0, afd=0.51, fid_label="FID", fid_key="k", detector="d"),
+        dict(run="d", images="/d", level="strong", fid=10.0, afd=0.55, fid_label="proxy FID (random:0)", fid_key="p", detector="d"),
+        dict(run="e", images="/e", level="none", fid=None, afd=0.1, fid_label="skipped", fid_key="", detector="d"),
+        dict(run="c2", images="/c", level="medium", fid=175.0, afd=0.45, fid_label="FID", fid_key="k", detector="d"),
+    ]
+    (tmp_path / score_mod.LEADERBOARD).write_text(pd.DataFrame(rows).to_csv(index=False))
+    board = score_mod.leaderboard(tmp_path)
+    assert board.run.tolist() == ["b", "d", "a", "c2", "e"]  # /c rescored: only its latest row stays
+    assert list(board.columns) == score_mod.LEADERBOARD_COLUMNS
+    assert score_mod.leaderboard(tmp_path / "empty").empty
+
+
+def test_bad_folders_are_reported_before_any_work(data_dir, tmp_path, offline):
+    work = tmp_path / "work"
+    mixed = write_images(tmp_path / "mixed", [100, 120])
+    write_images(tmp_path / "mixed", [100], size=96)  # overwrites 1.png with a 96x96 image
+    with pytest.raises(UserError, match=r"mixed image sizes .*96x96: 1 files \(e.g. 1.png\)"):
+        score_mod.score(mixed, data_dir, work, detector=Bright())
+    junk = write_images(tmp_path / "junk", [100, 120])
+    (junk / "notes.txt").write_text("not an image")
+    with pytest.raises(UserError, match=r"1 of 3 files .* not images: notes.txt"):
+        score_mod.score(junk, data_dir, work, detector=Bright())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="holds no files"):
+        score_mod.score(tmp_path / "empty", data_dir, work, detector=Bright())
+    with pytest.raises(UserError, match="not found"):
+        score_mod.score(tmp_path / "nowhere", data_dir, work, detector=Bright())
+    with pytest.raises(UserError, match="no prepared data"):
+        score_mod.score(junk, tmp_path / "nodata", work, detector=Bright())
+    good = write_images(tmp_path / "good", [100, 120])
+    with pytest.raises(UserError, match="random:SEED"):
+        score_mod.score(good, data_dir, work, inception_weights="random:zero", detector=Bright())
+    with pytest.raises(UserError, match="no such file"):
+        score_mod.score(good, data_dir, work, inception_weights=tmp_path / "typo.pth", detector=Bright())
+    assert not work.exists()  # nothing written, no partial cache
+
+
+def test_other_sizes_are_resized_like_the_training_data(data_dir, tmp_path, offline):
+    images = write_images(tmp_path / "big", [200, 30, 220], size=96, fmt="jpg")
+    report = score_mod.score(images, data_dir, tmp_path / "work", detector=Bright(), quiet=True)
+    assert report["image_size"] == [96, 96] and report["afd"]["rate"] == pytest.approx(2 / 3)
+    assert any("resized to 64x64" in n for n in report["notes"])
+
+
+@pytest.mark.skipif(not CASCADE.exists(), reason="../shared not present: no lbpcascade_animeface.xml")
+def test_default_cascade_path_option(data_dir, tmp_path, offline):
+    images = write_images(tmp_path / "imgs", [128, 128])
+    report = score_mod.score(images, data_dir, tmp_path / "work", detector=str(CASCADE), quiet=True)
+    assert report["afd"]["detector"]["params"]["min_neighbors"] == 5 and report["afd"]["rate"] == 0.0
+
+
+def test_printed_leaderboard(tmp_path):
+    assert "no scores yet" in score_mod.format_leaderboard(score_mod.leaderboard(tmp_path))
