@@ -1,0 +1,654 @@
+"""Nearest training images of generated ones: did the generator copy?
+
+Steps, each a function:
+
+1. :func:`load_backbone`: a feature network chosen by name: ``clip`` (timm's
+   ``vit_base_patch16_clip_224.openai``, CLIP's own preprocessing), ``inception``
+   (the FID network of :mod:`kaggle_gan.fid`, no second download) or any timm
+   model name. Weights come through :mod:`kaggle_gan.weights`: the user's
+   Hugging Face / torch hub cache, a local file, or ``random:SEED`` (a seeded
+   untrained network, labelled a proxy everywhere). Nothing is ever downloaded.
+2. :func:`build_index`: unit-length features of every prepared training image,
+   stored as float16 under ``WORK/cache/neighbours/`` and keyed by the data hash,
+   backbone, weights identity and preprocessing, then reused.
+3. :func:`topk_cosine`: exact top-k cosine similarity, chunked over the index
+   so memory stays bounded by the chunk size, on the backbone's device.
+4. :func:`neighbours`: the stage: a CSV of neighbours, a PNG contact sheet and
+   a memorisation summary, written atomically.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .io import UserError, atomic_path, write_json
+from .weights import ResolvedWeights, WeightsMissing, WeightsSpec, resolve_weights, search_dirs
+
+CLIP_MODEL = "vit_base_patch16_clip_224.openai"
+ALIASES = {"clip": CLIP_MODEL}
+INDEX_FORMAT = 1
+DEFAULT_K = 5
+DEFAULT_CHUNK = 4096
+SHEET_ROWS = 16
+# The automatic threshold: a generated image is listed when it is closer to a
+# training image than 99% of training images are to their nearest *other*
+# training image. It adapts to every backbone (a raw cosine of 0.9 means
+# "near copy" for one network and "unrelated" for another) and to the data's
+# own near-duplicates.
+CALIBRATION_COUNT = 1000
+CALIBRATION_QUANTILE = 0.99
+CALIBRATION_SEED = 0
+
+
+# --- backbones ---------------------------------------------------------------
+
+@dataclass
+class Backbone:
+    """A feature network: ``(B, 3, H, W) uint8 in [0, 255]`` -> ``(B, dim)`` float32 (not normalised).
+
+    ``preprocessing`` is everything between the uint8 pixels and the network
+    (size, interpolation, crop, mean, std, mirror averaging); it is part of the index key.
+    """
+
+    name: str
+    weights: ResolvedWeights
+    preprocessing: dict
+    device: "torch.device"  # noqa: F821
+    forward: Callable = field(repr=False)
+
+    def __call__(self, x: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
+        if self.preprocessing.get("mirror_average"):
+            # Training flips faces at random, so a generator may reproduce a training face mirrored: the mean of
+            # the features of an image and of its mirror image is the same for both, whatever the network.
+            return (self.forward(x) + self.forward(x.flip(3))) / 2
+        return self.forward(x)
+
+    @property
+    def label(self) -> str:
+        """``NAME`` or ``NAME (random:SEED, untrained proxy)``: every output carries it."""
+        return f"{self.name} (random:{self.weights.seed}, untrained proxy)" if self.weights.is_random else self.name
+
+
+def canonical_name(name: str) -> str:
+    """``clip`` -> the timm CLIP model; other names unchanged (lower case)."""
+    name = name.strip()
+    if name.lower() == "inception":
+        return "inception"
+    return ALIASES.get(name.lower(), name)
+
+
+def _timm_cfg(name: str):
+    import timm
+
+    if not timm.is_model(name):
+        raise UserError(
+            f"unknown backbone {name!r}; use clip, inception or a timm model name (python -c 'import timm; print(timm.list_models())')"
+        )
+    return timm.models.get_pretrained_cfg(name)
+
+
+def timm_weights_spec(name: str) -> Tuple[WeightsSpec, List[Path]]:
+    """What the weights file of timm model ``name`` is called and where the user's caches may hold it.
+
+    Returns the spec (file name in the torch hub / kaggle_gan cache folders,
+    download address) and the files already present in the Hugging Face hub
+    cache (where ``timm.create_model(pretrained=True)`` leaves them), best first.
+    """
+    cfg = _timm_cfg(name)
+    hub_files: List[Path] = []
+    url = None
+    if cfg is not None and cfg.hf_hub_id:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:  # timm without the hub client: only local files
+            try_to_load_from_cache = None
+        wanted = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+        for fname in wanted:
+            found = try_to_load_from_cache(cfg.hf_hub_id, fname) if try_to_load_from_cache else None
+            if isinstance(found, str):  # a path; other return values mean "not cached"
+                hub_files.append(Path(found))
+        url = f"https://huggingface.co/{cfg.hf_hub_id}/resolve/main/{wanted[0]}"
+        filename = f"{name}{Path(wanted[0]).suffix}"
+    elif cfg is not None and cfg.url:
+        url, filename = cfg.url, cfg.url.rsplit("/", 1)[-1]  # timm's own downloads keep this name in torch hub
+    else:
+        filename = f"{name}.pth"
+    return WeightsSpec(name=f"timm {name}", filename=filename, url=url, sha256=None, option="--weights"), hub_files
+
+
+def resolve_backbone_weights(name: str, weights: Union[str, Path, None] = None) -> ResolvedWeights:
+    """Weights of backbone ``name`` (canonical): a file from the caches or ``weights``, or ``random:SEED``.
+
+    Raises :class:`WeightsMissing` naming both ways to supply them: put the
+    file in a cache folder, or pass ``--weights PATH`` (``random:SEED`` for a proxy).
+    """
+    if name == "inception":
+        from dataclasses import replace
+
+        from .fid import FID_WEIGHTS
+
+        return resolve_weights(replace(FID_WEIGHTS, option="--weights"), weights)
+    spec, hub_files = timm_weights_spec(name)
+    if weights is None and hub_files:
+        return resolve_weights(spec, hub_files[0])
+    if weights is not None:
+        return resolve_weights(spec, weights)
+    dirs = search_dirs()
+    try:
+        return resolve_weights(spec, None, dirs=dirs)
+    except WeightsMissing:
+        pass
+    cfg = _timm_cfg(name)
+    hub = f"the Hugging Face cache ({cfg.hf_hub_id}), " if cfg is not None and cfg.hf_hub_id else ""
+    fetch = f"download {spec.url} and save it as {dirs[0] / spec.filename}" if spec.url else (
+        f"save it as {dirs[0] / spec.filename}")
+    raise WeightsMissing(
+        f"{spec.name} weights not found (not in {hub}{', '.join(str(d) for d in dirs)}); either put them in a cache "
+        f"(online once: timm.create_model('{name}', pretrained=True), or {fetch}) or pass --weights PATH "
+        "(--weights random:SEED for an untrained proxy)"
+    )
+
+
+def default_backbone() -> str:
+    """``clip`` when CLIP weights are already on this machine, else ``inception`` (shared with FID)."""
+    try:
+        resolve_backbone_weights(CLIP_MODEL)
+    except WeightsMissing:
+        return "inception"
+    return "clip"
+
+
+def _inception_backbone(weights: ResolvedWeights, device) -> Backbone:
+    from . import fid
+
+    source = f"random:{weights.seed}" if weights.is_random else str(weights.path)
+    net = fid.load_inception(source, device, sha256=weights.sha256)
+    pre = {"policy": fid.RESIZE_POLICY, "input_size": fid.INCEPTION_SIDE, "mirror_average": True}
+    return Backbone("inception", weights, pre, net.device, net)
+
+
+def _timm_backbone(name: str, weights: ResolvedWeights, device, input_size: Optional[int]) -> Backbone:
+    import timm
+    import torch
+    import torch.nn.functional as F
+
+    cfg = _timm_cfg(name)
+    # CLIP's head is its image projection, the CLIP embedding proper; other models' heads are classifiers.
+    kwargs: dict = {} if "clip" in name else {"num_classes": 0}
+    if input_size and cfg is not None and cfg.fixed_input_size:
+        kwargs["img_size"] = input_size  # ViTs: timm resamples the position embeddings
+    if weights.is_random:
+        with torch.random.fork_rng(devices=[]):  # seeded init that leaves the caller's RNG alone
+            torch.manual_seed(weights.seed)
+            model = timm.create_model(name, pretrained=False, **kwargs)
+    else:
+        try:
+            # timm's own loader converts checkpoint formats (OpenAI / open_clip CLIP); source="" makes it read
+            # the file rather than the hub, so this never downloads.
+            model = timm.create_model(
+                name, pretrained=True, pretrained_cfg_overlay={"file": str(weights.path), "source": ""}, **kwargs
+            )
+        except Exception as err:
+            raise UserError(f"{weights.path} is not a {name} checkpoint ({type(err).__name__}: {err})"[:400]) from None
+    data_cfg = timm.data.resolve_data_config({}, model=model)
+    side = int(input_size or data_cfg["input_size"][-1])
+    crop_pct = float(data_cfg.get("crop_pct") or 1.0)
+    pre = {
+        "input_size": side,
+        "interpolation": data_cfg["interpolation"],
+        "crop_pct": crop_pct,
+        "mean": [float(v) for v in data_cfg["mean"]],
+        "std": [float(v) for v in data_cfg["std"]],
+        "mirror_average": True,
+    }
+    dev = torch.device(device)
+    model = model.eval().requires_grad_(False).to(dev)
+    mean = torch.tensor(pre["mean"], device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(pre["std"], device=dev).view(1, 3, 1, 1)
+    # timm's eval transform resizes the short side to side / crop_pct, then centre-crops side x side.
+    scaled = int(side / crop_pct)  # floor, as timm's transform
+    mode = pre["interpolation"] if pre["interpolation"] in ("bilinear", "bicubic", "nearest") else "bilinear"
+
+    def forward(x: "torch.Tensor") -> "torch.Tensor":
+        with torch.inference_mode():
+            x = x.to(dev).float().div_(255.0)
+            down = scaled < x.shape[-1]
+            x = F.interpolate(x, size=(scaled, scaled), mode=mode, align_corners=False if mode != "nearest" else None,
+                              antialias=down and mode != "nearest")
+            top = (scaled - side) // 2
+            x = x[..., top : top + side, top : top + side]
+            x = (x.clamp_(0.0, 1.0) - mean) / std
+            return model(x).float().flatten(1)
+
+    return Backbone(name, weights, pre, dev, forward)
+
+
+def load_backbone(
+    name: Optional[str] = None,
+    weights: Union[str, Path, None] = None,
+    device="cpu",
+    input_size: Optional[int] = None,
+) -> Backbone:
+    """A feature network by name: ``clip``, ``inception``, any timm model; None picks :func:`default_backbone`.
+
+    ``weights``: None (the user's caches), a file path, or ``random:SEED``.
+    ``input_size``: side fed to a timm network (default its own, 224 for CLIP);
+    the Inception network always sees 299 (the FID policy).
+    """
+    resolved: Optional[ResolvedWeights] = None
+    if name:
+        name = canonical_name(name)
+    else:  # the default, resolved once: hashing a 600 MB CLIP file twice would double the start-up
+        try:
+            clip = resolve_backbone_weights(CLIP_MODEL)
+            name, resolved = CLIP_MODEL, (clip if weights is None else None)
+        except WeightsMissing:
+            name = "inception"
+    if name == "inception" and input_size:
+        raise UserError("--input-size does not apply to the inception backbone (it always uses the FID policy, 299 px)")
+    if input_size is not None and not 16 <= input_size <= 1024:
+        raise UserError(f"--input-size must be between 16 and 1024, got {input_size}")
+    if name != "inception":
+        _timm_cfg(name)  # an unknown name is reported before the weights are looked for
+    resolved = resolved or resolve_backbone_weights(name, weights)
+    if name == "inception":
+        return _inception_backbone(resolved, device)
+    return _timm_backbone(name, resolved, device, input_size)
+
+
+def embed(images: np.ndarray, backbone: Backbone, batch_size: int = 64, desc: str = "features") -> np.ndarray:
+    """(N, H, W, 3) uint8 images -> (N, D) float32 rows of unit length, in batches with a progress bar."""
+    import torch
+    from tqdm.auto import tqdm
+
+    if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"expected (N, H, W, 3) uint8 images, got {images.shape} {images.dtype}")
+    out: Optional[np.ndarray] = None
+    for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False):
+        chunk = np.array(images[start : start + batch_size])  # a writable copy: torch refuses read-only memory maps
+        f = backbone(torch.from_numpy(chunk).permute(0, 3, 1, 2))
+        f = torch.nn.functional.normalize(f.float(), dim=1).cpu().numpy()
+        if out is None:
+            out = np.empty((len(images), f.shape[1]), dtype=np.float32)
+        out[start : start + len(chunk)] = f
+    if out is None:
+        raise ValueError("no images to embed")
+    return out
+
+
+# --- the index of the training data ------------------------------------------
+
+@dataclass(frozen=True)
+class Index:
+    """Unit-length training features ``(N, D)`` float16 and the seeded leave-one-out top-1 similarities."""
+
+    features: np.ndarray
+    calibration: np.ndarray
+    key: str
+    fields: dict
+    path: Path
+    cache_hit: bool
+    build_s: float = 0.0
+
+
+def index_key(shape: Sequence[int], images_sha256: str, backbone: Backbone) -> Tuple[str, dict]:
+    """Cache key and the fields it hashes: everything that changes the stored features."""
+    fields = {
+        "format": INDEX_FORMAT,
+        "images_sha256": images_sha256,
+        "n_images": int(shape[0]),
+        "size": [int(shape[1]), int(shape[2])],
+        "backbone": backbone.name,
+        "weights": backbone.weights.identity,
+        "preprocessing": backbone.preprocessing,
+        "calibration": [CALIBRATION_COUNT, CALIBRATION_SEED],
+    }
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20], fields
+
+
+def build_index(
+    images: np.ndarray, images_sha256: str, backbone: Backbone, cache: Path, batch_size: int = 64
+) -> Index:
+    """Features of every prepared image ``(N, H, W, 3)`` uint8, loaded from ``cache`` or computed and stored.
+
+    The stored key is checked on load, so a stale or foreign file is recomputed, never used.
+    """
+    key, fields = index_key(images.shape, images_sha256, backbone)
+    path = Path(cache) / f"index-{key}.npz"
+    loaded = _load_index(path, fields, len(images))
+    if loaded is not None:
+        return Index(loaded[0], loaded[1], key, fields, path, True)
+    t0 = time.perf_counter()
+    feats = embed(images, backbone, batch_size, desc=f"index {backbone.name} ({len(images)} images)")
+    build_s = time.perf_counter() - t0
+    features = feats.astype(np.float16)
+    calibration = leave_one_out_top1(features, device=backbone.device)
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, features=features, calibration=calibration, fields=json.dumps(fields, sort_keys=True))
+    return Index(features, calibration, key, fields, path, False, build_s)
+
+
+def _load_index(path: Path, fields: dict, n: int) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            stored = json.loads(str(z["fields"]))
+            features, calibration = z["features"], z["calibration"]
+    except Exception:  # truncated or foreign file: rebuild and overwrite
+        return None
+    if stored != fields or features.ndim != 2 or len(features) != n or features.dtype != np.float16:
+        return None
+    if not np.isfinite(features).all():
+        return None
+    return features, calibration
+
+
+# --- search ------------------------------------------------------------------
+
+def topk_cosine(
+    queries: np.ndarray, index: np.ndarray, k: int = DEFAULT_K, chunk: int = DEFAULT_CHUNK, device="cpu"
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Exact top-k of ``queries (Q, D) @ index (N, D).T``, rows assumed unit length.
+
+    Walks the index ``chunk`` rows at a time (and the queries ``chunk`` at a
+    time), keeping a running top-k, so memory is O(chunk^2) whatever N and Q.
+    Returns similarities (Q, k) float32, best first, and training indices (Q, k) int64.
+    """
+    import torch
+
+    if queries.ndim != 2 or index.ndim != 2 or queries.shape[1] != index.shape[1]:
+        raise ValueError(f"feature shapes differ: queries {queries.shape}, index {index.shape}")
+    if chunk < 1:
+        raise ValueError(f"chunk must be positive, got {chunk}")
+    k = min(int(k), len(index))
+    dev = torch.device(device)
+    sims_out = np.empty((len(queries), k), dtype=np.float32)
+    idx_out = np.empty((len(queries), k), dtype=np.int64)
+    # fp16 matmul is slow on CPU: each index chunk is widened to float32 once, then shared by all queries.
+    q_all = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(dev)
+    best_s = torch.full((len(queries), k), -float("inf"), device=dev)
+    best_i = torch.zeros((len(queries), k), dtype=torch.long, device=dev)
+    with torch.inference_mode():
+        for start in range(0, len(index), chunk):
+            block = torch.from_numpy(np.ascontiguousarray(index[start : start + chunk])).to(dev).float()
+            for q0 in range(0, len(queries), chunk):
+                q = q_all[q0 : q0 + chunk]
+                s = q @ block.T
+                kk = min(k, s.shape[1])
+                cs, ci = s.topk(kk, dim=1)
+                both_s = torch.cat([best_s[q0 : q0 + chunk], cs], dim=1)
+                both_i = torch.cat([best_i[q0 : q0 + chunk], ci + start], dim=1)
+                top_s, pos = both_s.topk(k, dim=1)
+                best_s[q0 : q0 + chunk] = top_s
+                best_i[q0 : q0 + chunk] = both_i.gather(1, pos)
+    sims_out[:] = best_s.cpu().numpy()
+    idx_out[:] = best_i.cpu().numpy()
+    return sims_out, idx_out
+
+
+def leave_one_out_top1(
+    features: np.ndarray, count: int = CALIBRATION_COUNT, seed: int = CALIBRATION_SEED, device="cpu"
+) -> np.ndarray:
+    """Top-1 similarity of ``count`` seeded training images to their nearest *other* training image, (count,)."""
+    n = len(features)
+    if n < 2:
+        return np.zeros(0, dtype=np.float32)
+    pick = np.sort(np.random.default_rng(seed).choice(n, min(count, n), replace=False))
+    sims, idx = topk_cosine(features[pick].astype(np.float32), features, k=2, device=device)
+    # Rank 1 is normally the image itself; with an exact duplicate in the data it may be the twin instead.
+    other = np.where(idx[:, 0] == pick, sims[:, 1], sims[:, 0])
+    return other.astype(np.float32)
+
+
+# --- queries -----------------------------------------------------------------
+
+def load_queries(path: Path, size: int, resample: str = "bilinear") -> Tuple[List[str], np.ndarray]:
+    """A folder of images or one image file -> names and (Q, size, size, 3) uint8, prepared like the training data."""
+    from .data import decode_image, iter_image_files
+
+    path = Path(path)
+    if path.is_dir():
+        files = iter_image_files(path)
+        if not files:
+            raise UserError(f"{path} holds no files; pass --images a folder of images or one image file")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise UserError(f"images not found: {path}; pass --images a folder of images or one image file "
+                        "(or generate the run's images first: make generate)")
+    names, arrays, bad = [], [], []
+    for f in files:
+        try:
+            arrays.append(decode_image(f.read_bytes(), size, resample))
+            names.append(f.name)
+        except (ValueError, OSError) as err:
+            bad.append(f"{f.name} ({err})")
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise UserError(f"{len(bad)} of {len(files)} files in {path} are not images: {shown}; remove them")
+    return names, np.stack(arrays)
+
+
+# --- the contact sheet -------------------------------------------------------
+
+SHEET_PAD = 4
+SHEET_TEXT = 24  # two lines of the default font under each image
+SHEET_HEADER = 20
+
+
+def sheet_size(rows: int, k: int, side: int, scale: int = 2) -> Tuple[int, int]:
+    """(width, height) in pixels of a sheet of ``rows`` queries with ``k`` neighbours of ``side`` px images."""
+    cell = side * scale
+    return SHEET_PAD + (k + 1) * (cell + SHEET_PAD), SHEET_HEADER + rows * (cell + SHEET_TEXT + SHEET_PAD) + SHEET_PAD
+
+
+def contact_sheet(
+    path: Path,
+    queries: np.ndarray,
+    names: Sequence[str],
+    train: np.ndarray,
+    sims: np.ndarray,
+    idx: np.ndarray,
+    title: str,
+    threshold: Optional[float] = None,
+    scale: int = 2,
+) -> Tuple[int, int]:
+    """Write a PNG: one row per query (the query, then its k neighbours with similarity and index under them).
+
+    ``queries`` (R, S, S, 3) uint8, ``train`` the (N, S, S, 3) uint8 training images,
+    ``sims``/``idx`` (R, k). Neighbours at or above ``threshold`` get a red frame.
+    Returns the (width, height) written.
+    """
+    from PIL import Image, ImageDraw
+
+    rows, k = sims.shape
+    side = queries.shape[1]
+    cell = side * scale
+    width, height = sheet_size(rows, k, side, scale)
+    sheet = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    draw.text((SHEET_PAD, 4), title[: width // 6], fill=(0, 0, 0))
+
+    def paste(arr: np.ndarray, col: int, row: int, lines: Sequence[str], frame=None) -> None:
+        x = SHEET_PAD + col * (cell + SHEET_PAD)
+        y = SHEET_HEADER + row * (cell + SHEET_TEXT + SHEET_PAD)
+        sheet.paste(Image.fromarray(np.asarray(arr)).resize((cell, cell), Image.Resampling.NEAREST), (x, y))
+        if frame:
+            draw.rectangle((x - 2, y - 2, x + cell + 1, y + cell + 1), outline=frame, width=2)
+        for i, line in enumerate(lines):
+            draw.text((x, y + cell + 1 + 11 * i), line[: cell // 6], fill=(0, 0, 0))
+
+    for r in range(rows):
+        paste(queries[r], 0, r, [names[r], "query"])
+        for j in range(k):
+            hot = threshold is not None and sims[r, j] >= threshold
+            paste(train[int(idx[r, j])], j + 1, r, [f"{sims[r, j]:.3f}", f"#{int(idx[r, j])}"], (220, 0, 0) if hot else None)
+    with atomic_path(Path(path), suffix=".png") as tmp:
+        sheet.save(tmp, format="PNG")
+    return width, height
+
+
+# --- the stage ---------------------------------------------------------------
+
+def summarise(top1: np.ndarray, threshold: float) -> dict:
+    """Distribution of top-1 similarities (Q,) and how many reach ``threshold``."""
+    q = np.percentile(top1, [0, 5, 25, 50, 75, 95, 100]) if len(top1) else [float("nan")] * 7
+    return {
+        "queries": int(len(top1)),
+        "top1": dict(zip(["min", "p5", "p25", "median", "p75", "p95", "max"], [round(float(v), 4) for v in q])),
+        "mean": round(float(np.mean(top1)), 4) if len(top1) else None,
+        "threshold": round(float(threshold), 4),
+        "above": int((top1 >= threshold).sum()),
+        "share_above": round(float((top1 >= threshold).mean()), 4) if len(top1) else 0.0,
+    }
+
+
+def default_out(images: Path) -> Path:
+    """``WORK/runs/RUN/images`` (or one file in it) -> ``WORK/runs/RUN/neighbours``: beside the images folder."""
+    images = Path(images)
+    folder = images if images.is_dir() else images.parent
+    return folder.parent / "neighbours"
+
+
+def neighbours(
+    images: Union[str, Path],
+    data_dir: Union[str, Path],
+    work: Union[str, Path],
+    backbone: Optional[str] = None,
+    weights: Union[str, Path, None] = None,
+    k: int = DEFAULT_K,
+    threshold: Optional[float] = None,
+    out: Union[str, Path, None] = None,
+    device: str = "auto",
+    input_size: Optional[int] = None,
+    rows: int = SHEET_ROWS,
+    batch_size: int = 64,
+    chunk: int = DEFAULT_CHUNK,
+    quiet: bool = False,
+) -> dict:
+    """Find the ``k`` most similar training images of every image in ``images``; write CSV, sheet and summary.
+
+    Args:
+        images: a folder of images (e.g. ``WORK/runs/RUN/images``) or one image file.
+        data_dir: prepared training data (``WORK/data``).
+        work: work folder; the feature index is cached under ``WORK/cache/neighbours``.
+        backbone: ``clip``, ``inception`` or a timm model name; None: ``clip`` when its
+            weights are on this machine, else ``inception``.
+        weights: None (the user's caches), a weights file, or ``random:SEED`` (untrained proxy).
+        k: neighbours per query.
+        threshold: cosine similarity at or above which a pair is listed as a possible copy;
+            None: the 99th percentile of training images' similarity to their nearest other
+            training image (computed once per index).
+        out: output folder (default: ``neighbours`` beside the images folder).
+        rows: queries on the contact sheet, most similar first.
+
+    Returns:
+        The summary, also written to ``OUT/summary.json``.
+    """
+    import pandas as pd
+
+    from .data import load_prepared
+    from .runtime import resolve_device
+
+    if k < 1:
+        raise UserError(f"--k must be at least 1, got {k}")
+    if threshold is not None and not -1.0 <= threshold <= 1.0:
+        raise UserError(f"--threshold is a cosine similarity between -1 and 1, got {threshold}")
+    if rows < 1:
+        raise UserError(f"--rows must be at least 1, got {rows}")
+    images, work = Path(images), Path(work)
+    # Everything a user can get wrong is checked before minutes of computing.
+    prepared = load_prepared(Path(data_dir))
+    size = int(prepared.images.shape[1])
+    names, queries = load_queries(images, size, prepared.meta.get("resample", "bilinear"))
+    dev = resolve_device(device)
+    net = load_backbone(backbone, weights, dev, input_size)
+    out = Path(out) if out else default_out(images)
+
+    index = build_index(prepared.images, prepared.meta["images_sha256"], net, work / "cache" / "neighbours", batch_size)
+    q = embed(queries, net, batch_size, desc=f"queries ({len(queries)})")
+    t0 = time.perf_counter()
+    sims, idx = topk_cosine(q, index.features, k, chunk, dev)
+    search_s = time.perf_counter() - t0
+    k = sims.shape[1]
+
+    auto = threshold is None
+    if auto:
+        if len(index.calibration) == 0:
+            threshold = 1.0
+        else:
+            threshold = float(np.quantile(index.calibration, CALIBRATION_QUANTILE))
+    train_files = prepared.files
+    table = pd.DataFrame({
+        "query": np.repeat(names, k),
+        "rank": np.tile(np.arange(1, k + 1), len(names)),
+        "train_index": idx.reshape(-1),
+        "train_file": [train_files[i] if i < len(train_files) else "" for i in idx.reshape(-1)],
+        "similarity": np.round(sims.reshape(-1).astype(np.float64), 5),
+    })
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "neighbours.csv") as tmp:
+        table.to_csv(tmp, index=False)
+
+    top1 = sims[:, 0]
+    order = np.argsort(-top1, kind="stable")
+    shown = order[: min(rows, len(order))]
+    title = f"nearest training images by {net.label}; threshold {threshold:.3f}"
+    contact_sheet(out / "neighbours.png", queries[shown], [names[i] for i in shown], prepared.images,
+                  sims[shown], idx[shown], title, threshold)
+
+    above = [i for i in order if top1[i] >= threshold]
+    summary = summarise(top1, threshold)
+    summary.update({
+        "backbone": net.name,
+        "label": net.label,
+        "proxy": net.weights.is_random,
+        "weights": net.weights.describe(),
+        "preprocessing": net.preprocessing,
+        "k": k,
+        "threshold_source": (f"auto: {CALIBRATION_QUANTILE:.0%} quantile of {len(index.calibration)} training images' "
+                             "similarity to their nearest other training image") if auto else "given",
+        "training_nn_top1": {"median": round(float(np.median(index.calibration)), 4)} if len(index.calibration) else {},
+        "pairs_above": [
+            {"query": names[i], "train_index": int(idx[i, 0]), "train_file": train_files[int(idx[i, 0])],
+             "similarity": round(float(top1[i]), 5)} for i in above
+        ],
+        "images": str(images),
+        "data": str(prepared.folder),
+        "index": {"path": str(index.path), "key": index.key, "cache_hit": index.cache_hit,
+                  "n": int(len(index.features)), "dim": int(index.features.shape[1]), "build_s": round(index.build_s, 2)},
+        "search_s": round(search_s, 4),
+        "device": str(dev),
+        "outputs": {"csv": str(out / "neighbours.csv"), "sheet": str(out / "neighbours.png")},
+    })
+    write_json(out / "summary.json", summary)
+    if not quiet:
+        print(format_summary(summary))
+    return summary
+
+
+def format_summary(s: dict) -> str:
+    """The printed memorisation summary: a few lines plus up to 10 listed pairs."""
+    t = s["top1"]
+    lines = [
+        f"neighbours: {s['queries']} queries, k={s['k']}, features {s['label']}",
+        f"  top-1 cosine similarity: min {t['min']:.3f}  median {t['median']:.3f}  p95 {t['p95']:.3f}  max {t['max']:.3f}",
+        f"  threshold {s['threshold']:.3f} ({s['threshold_source']})",
+        f"  {s['above']} of {s['queries']} queries ({s['share_above']:.1%}) at or above it"
+        + (": possible copies" if s["above"] else ""),
+    ]
+    for p in s["pairs_above"][:10]:
+        lines.append(f"    {p['query']} ~ #{p['train_index']} {p['train_file']}  {p['similarity']:.4f}")
+    if len(s["pairs_above"]) > 10:
+        lines.append(f"    ... {len(s['pairs_above']) - 10} more in summary.json")
+    if s["proxy"]:
+        lines.append("  untrained (random) weights: similarities are a proxy, not evidence of copying")
+    lines.append(f"  wrote {s['outputs']['csv']}, {s['outputs']['sheet']}")
+    return "\n".join(lines)
