@@ -3,9 +3,18 @@
 A checkpoint is a plain ``torch.save`` dict of tensors and primitives, so it
 loads with ``torch.load(weights_only=True)``: a file carrying a pickled
 object (code) is refused instead of executed.
+
+``torch.load`` does not notice a flipped byte inside tensor data (the zip
+members are stored without a checked CRC), so every file also carries
+``sha256``, a digest of its own content computed by :func:`content_digest`;
+a mismatch marks the file corrupt and :func:`load_latest` falls back to the
+previous one. The digest is an ordinary string entry, so the file still
+loads with plain ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import pickle
 import re
@@ -23,6 +32,49 @@ from .io import UserError, atomic_path
 FORMAT = "kaggle_gan/1"  # full training state
 GENERATOR_FORMAT = "kaggle_gan/generator/1"  # the sampling generator alone
 LAST, PREVIOUS = "last.pt", "previous.pt"
+DIGEST_KEY = "sha256"
+
+
+def _feed(h: "hashlib._Hash", obj: Any) -> None:
+    """Hash ``obj`` (nested dicts/lists of tensors and plain values) in a canonical order."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().to("cpu").contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}:".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        # optimiser state dicts use int keys, everything else str: sort by (type, repr) to mix them
+        items = sorted(obj.items(), key=lambda kv: (type(kv[0]).__name__, repr(kv[0])))
+        h.update(f"D{len(items)}:".encode())
+        for k, v in items:
+            h.update(f"{type(k).__name__}:{k!r}=".encode())
+            _feed(h, v)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"L{len(obj)}:".encode())
+        for v in obj:
+            _feed(h, v)
+    else:  # str, int, float (repr is exact), bool, None
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+
+
+def content_digest(state: Dict[str, Any]) -> str:
+    """sha256 of a checkpoint's content, leaving out the digest entry itself."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in state.items() if k != DIGEST_KEY})
+    return h.hexdigest()
+
+
+def _stamp(state: Dict[str, Any]) -> Dict[str, Any]:
+    state = dict(state)
+    state.pop(DIGEST_KEY, None)
+    state[DIGEST_KEY] = content_digest(state)
+    return state
+
+
+def _remove_stale_temps(folder: Path) -> None:
+    """Delete temporary files a killed writer left behind (the run lock makes this the only writer)."""
+    for stale in folder.glob(".tmp-*.pt"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
 
 
 def save_checkpoint(state: Dict[str, Any], folder: Path, epoch_copy: Optional[int] = None) -> Path:
@@ -31,7 +83,8 @@ def save_checkpoint(state: Dict[str, Any], folder: Path, epoch_copy: Optional[in
     Killed at any point, the folder still holds at least one whole checkpoint.
     """
     folder = Path(folder)
-    state = dict(state, format=FORMAT, version=__version__)
+    _remove_stale_temps(folder)
+    state = _stamp(dict(state, format=FORMAT, version=__version__))
     with atomic_path(folder / LAST, suffix=".pt") as tmp:
         torch.save(state, tmp)
         last = folder / LAST
@@ -45,7 +98,7 @@ def save_checkpoint(state: Dict[str, Any], folder: Path, epoch_copy: Optional[in
 
 def save_generator(weights: Dict[str, Any], config: Dict[str, Any], step: int, path: Path) -> Path:
     """Export the generator used for sampling (``generator.pt``), atomically."""
-    state = {"format": GENERATOR_FORMAT, "version": __version__, "config": config, "step": step, "G": weights}
+    state = _stamp({"format": GENERATOR_FORMAT, "version": __version__, "config": config, "step": step, "G": weights})
     with atomic_path(path, suffix=".pt") as tmp:
         torch.save(state, tmp)
     return Path(path)
@@ -69,6 +122,9 @@ def load_file(path: Path, map_location: str = "cpu", formats=(FORMAT,)) -> Dict[
         raise ValueError(f"{path} is corrupt or truncated ({type(err).__name__}: {str(err).splitlines()[0][:120]})") from None
     if not isinstance(state, dict) or state.get("format") not in formats:
         raise ValueError(f"{path} is not a kaggle_gan checkpoint")
+    # files written before the digest existed carry none; any file that has one must match it
+    if DIGEST_KEY in state and state[DIGEST_KEY] != content_digest(state):
+        raise ValueError(f"{path} is corrupt (its content does not match the sha256 stored in it)")
     return state
 
 

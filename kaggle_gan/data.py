@@ -20,7 +20,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import __version__
-from .io import UserError, atomic_path, cache_dir, download, read_json, sha256_file, write_json
+from .io import RunLock, UserError, atomic_path, cache_dir, download, read_json, sha256_file, write_json
 
 HW6_FACES_URL = "https://huggingface.co/datasets/LeoFeng/MLHW_6/resolve/main/faces.zip"
 FILTERS = ("bilinear", "bicubic", "lanczos", "box")
@@ -127,7 +127,10 @@ def _list_zip(path: Path) -> Tuple[List[str], List[Tuple[str, str]]]:
     with zf:
         for info in zf.infolist():
             name = info.filename
-            if info.is_dir() or _SKIP_NAMES.search(name):
+            if info.is_dir():
+                continue
+            if _SKIP_NAMES.search(name):
+                refused.append((name, "system file (OS metadata)"))
                 continue
             parts = name.replace("\\", "/").split("/")
             if name.startswith(("/", "\\")) or ".." in parts or re.match(r"^[A-Za-z]:", name):
@@ -141,14 +144,36 @@ def _list_zip(path: Path) -> Tuple[List[str], List[Tuple[str, str]]]:
     return keep, refused
 
 
-def _list_folder(path: Path) -> List[str]:
-    out = []
+def _list_folder(path: Path) -> Tuple[List[str], List[Tuple[str, str]]]:
+    """Regular files worth decoding, and (file, reason) for those refused unread.
+
+    FIFOs, devices and sockets are refused: opening a FIFO blocks forever and
+    reading a device never ends. Symbolic links to regular files are followed.
+    """
+    import stat
+
+    keep, refused = [], []
     for root, _dirs, files in os.walk(path):
         for f in files:
             rel = os.path.relpath(os.path.join(root, f), path)
-            if not _SKIP_NAMES.search(rel.replace(os.sep, "/")) and not f.startswith("."):
-                out.append(rel)
-    return out
+            if _SKIP_NAMES.search(rel.replace(os.sep, "/")) or f.startswith("."):
+                refused.append((rel, "system file (hidden or OS metadata)"))
+                continue
+            try:
+                mode = os.stat(os.path.join(root, f)).st_mode
+            except OSError as err:
+                refused.append((rel, f"unreadable ({type(err).__name__})"))
+                continue
+            if stat.S_ISREG(mode):
+                keep.append(rel)
+            else:
+                refused.append((rel, "not a regular file"))
+    return keep, refused
+
+
+def _printable(name: str) -> str:
+    """A file name as it can be written to a UTF-8 manifest (undecodable bytes as \\xNN)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 # --- parallel decoding -------------------------------------------------------
@@ -238,10 +263,15 @@ def fingerprint(path: Path) -> dict:
     if path.is_file():
         return {"kind": "file", "sha256": sha256_file(path), "bytes": path.stat().st_size}
     h = hashlib.sha256()
-    names = sorted(_list_folder(path))
+    names, _refused = _list_folder(path)
+    names.sort()
     for rel in names:
-        st = (path / rel).stat()
-        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        try:
+            st = (path / rel).stat()
+        except OSError:  # vanished since listing: still part of the identity, by name
+            h.update(f"{_printable(rel)}\0gone\n".encode())
+            continue
+        h.update(f"{_printable(rel)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return {"kind": "folder", "listing_sha256": h.hexdigest(), "files": len(names)}
 
 
@@ -263,6 +293,16 @@ def prepare(
         raise UserError(f"unknown resize filter {resample!r}; choose one of {', '.join(FILTERS)}")
     out = Path(out)
     source = resolve_source(data)
+    # two prepares into one folder would interleave their files; the lock refuses the second
+    with RunLock(out, hint="wait for it to finish or prepare into another folder (--out)"):
+        for stale in out.glob(".tmp-*"):  # left by a prepare killed mid-write
+            if stale.is_file():
+                stale.unlink()
+        return _prepare_locked(data, source, out, size, resample, workers, force)
+
+
+def _prepare_locked(data: str, source: Path, out: Path, size: int, resample: str, workers: Optional[int],
+                    force: bool) -> Prepared:
     fp = fingerprint(source)
     want = {"fingerprint": fp, "size": size, "resample": resample}
     done = out / "prepare.json"
@@ -276,7 +316,7 @@ def prepare(
     if is_zip:
         names, refused = _list_zip(source)
     else:
-        names, refused = _list_folder(source), []
+        names, refused = _list_folder(source)
     names.sort(key=_natural_key)
     workers = workers or max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     results = _decode_all(source, is_zip, names, size, resample, workers)
@@ -286,11 +326,11 @@ def prepare(
     rows, arrays = [], []
     for name, (arr, reason) in zip(names, results):
         if arr is None:
-            rows.append({"index": -1, "file": name, "status": "skipped", "reason": reason})
+            rows.append({"index": -1, "file": _printable(name), "status": "skipped", "reason": reason})
         else:
-            rows.append({"index": len(arrays), "file": name, "status": "ok", "reason": ""})
+            rows.append({"index": len(arrays), "file": _printable(name), "status": "ok", "reason": ""})
             arrays.append(arr)
-    rows += [{"index": -1, "file": n, "status": "skipped", "reason": r} for n, r in refused]
+    rows += [{"index": -1, "file": _printable(n), "status": "skipped", "reason": r} for n, r in refused]
     manifest = pd.DataFrame(rows, columns=["index", "file", "status", "reason"])
     skipped = int((manifest.status != "ok").sum())
     if not arrays:

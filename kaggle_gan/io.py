@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import json
 import os
 import tempfile
@@ -88,7 +89,9 @@ def download(
     from tqdm.auto import tqdm
 
     dest = Path(dest)
-    if dest.is_file() and (sha256 is None or sha256_file(dest) == sha256):
+    if dest.is_file() and (size is None or dest.stat().st_size == size) and (
+        sha256 is None or sha256_file(dest) == sha256
+    ):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -105,22 +108,30 @@ def download(
             raise UserError(f"could not download {what} from {url}: HTTP {err.code}. {offline_hint}") from err
     except (urllib.error.URLError, OSError) as err:
         raise UserError(f"could not download {what} from {url} ({err}); no internet? {offline_hint}") from err
+    total, received = size, 0
     if response is not None:
         with response:
             if have and response.status != 206:  # server ignored the range: start again
                 have = 0
-            total = response.length + have if response.length is not None else size
+            if size is None and response.length is not None:
+                total = response.length + have
             mode = "ab" if have else "wb"
             with open(part, mode) as out, tqdm(
                 total=total, initial=have, unit="B", unit_scale=True, desc=f"download {what}"
             ) as bar:
-                for block in iter(lambda: response.read(1 << 20), b""):
-                    out.write(block)
-                    bar.update(len(block))
+                try:
+                    for block in iter(lambda: response.read(1 << 20), b""):
+                        out.write(block)
+                        received += len(block)
+                        bar.update(len(block))
+                except (OSError, http.client.HTTPException):
+                    pass  # a dropped connection: the size check below keeps the part for a resume
     got = part.stat().st_size
-    if size is not None and got != size:
+    if total is not None and got < total and received:  # progress was made: keep the part, resume next time
+        raise UserError(f"download of {what} stopped at {got} of {total} bytes; run again to resume")
+    if total is not None and got != total:
         part.unlink()
-        raise UserError(f"downloaded {what} has {got} bytes, expected {size}; run again to retry")
+        raise UserError(f"downloaded {what} has {got} bytes, expected {total}; run again to retry")
     if sha256 is not None:
         digest = sha256_file(part)
         if digest != sha256:
@@ -137,8 +148,9 @@ class RunLock:
     run never leaves a stale lock behind.
     """
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, hint: str = "wait for it to finish or choose another RUN name"):
         self.path = Path(folder) / ".lock"
+        self.hint = hint
         self._fh = None
 
     def __enter__(self) -> "RunLock":
@@ -153,7 +165,7 @@ class RunLock:
             holder = self._fh.read().strip() or "another process"
             self._fh.close()
             raise UserError(
-                f"{self.path.parent} is in use by {holder}; wait for it to finish or choose another RUN name"
+                f"{self.path.parent} is in use by {holder}; {self.hint}"
             ) from None
         self._fh.seek(0)
         self._fh.truncate()
