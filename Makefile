@@ -17,7 +17,17 @@ COUNT   ?= 1000
 FORMAT  ?= tgz
 FORCE   ?=
 INCEPTION ?=
+BACKBONE ?=
+WEIGHTS ?=
+QUERY   ?=
+K       ?= 5
 DETECTOR  ?=
+# GPUS=N trains with N processes under torchrun (DistributedDataParallel); empty or 1: one process
+GPUS    ?=
+TORCHRUN ?= $(BIN)/torchrun
+# the folder to upload as a Kaggle dataset, and the dependencies Kaggle's and Colab's images lack
+WHEELHOUSE ?= wheelhouse
+WHEEL_DEPS ?= pytorch-fid
 # torch and torchvision must be a matched pair (a lone torchvision upgrade breaks at import)
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
 
@@ -33,7 +43,7 @@ SCORES   := $(RUN_DIR)/scores.json
 SUBMISSION ?= submission
 ARCHIVE  := $(SUBMISSION)/$(RUN)/images.$(FORMAT)
 
-.PHONY: help setup prepare baseline medium wgan strong train generate submit score leaderboard presets test smoke always
+.PHONY: help setup prepare baseline medium wgan strong train generate submit score neighbours leaderboard presets test smoke bench wheel always
 
 help:
 	@echo "Targets:"
@@ -48,10 +58,13 @@ help:
 	@echo "  generate    COUNT images from RUN into $(WORK)/runs/RUN/images"
 	@echo "  submit      validate and pack RUN's images into submission/RUN/images.FORMAT"
 	@echo "  score       FID + anime-face detection rate of RUN's images, with HW6 verdicts"
+	@echo "  neighbours  nearest training images of RUN's images (or QUERY=folder|file): copies?"
 	@echo "  leaderboard every scored run, best first"
 	@echo "  presets     what each preset changes, and why"
 	@echo "  test        run the test suite"
 	@echo "  smoke       the whole pipeline with a tiny model, minutes on a CPU"
+	@echo "  bench       our training/sampling speed against the sample code's loop -> $(WORK)/bench.csv"
+	@echo "  wheel       the package's wheel + $(WHEEL_DEPS) in $(WHEELHOUSE)/, to attach as a Kaggle dataset"
 	@echo "Variables (current value):"
 	@echo "  DATA=$(DATA)"
 	@echo "      a zip, a folder of images or a URL"
@@ -59,6 +72,8 @@ help:
 	@echo "  SET='$(SET)'   space-separated key=value overrides, e.g. SET='train.epochs=5 train.batch_size=128'"
 	@echo "  FORMAT=$(FORMAT) (tgz for HW6, zip for Kaggle)  FORCE=1 replaces an existing archive"
 	@echo "  INCEPTION=path|random:SEED  DETECTOR=path   (offline scoring)"
+	@echo "  BACKBONE=clip|inception|timm-name  WEIGHTS=path|random:SEED  QUERY=folder|file  K=$(K)   (neighbours)"
+	@echo "  GPUS=$(GPUS)   N: train on N GPUs with torchrun + DDP (the batch is split N ways)"
 
 setup: $(INSTALLED)
 $(INSTALLED): pyproject.toml
@@ -81,7 +96,7 @@ $(SETTINGS): always
 
 train: $(GENERATOR)
 $(GENERATOR): $(PREPARED) $(SETTINGS)
-	$(KG) train --preset $(PRESET) --run '$(RUN)' --work '$(WORK)' --device $(DEVICE) $(if $(strip $(SET)),--set '$(SET)')
+	$(if $(filter-out 0 1,$(GPUS)),$(TORCHRUN) --standalone --nproc_per_node=$(GPUS) -m kaggle_gan.cli,$(KG)) train --preset $(PRESET) --run-name '$(RUN)' --work '$(WORK)' --device $(DEVICE) $(if $(strip $(SET)),--set '$(SET)')
 
 generate: $(IMAGES)
 $(IMAGES): $(GENERATOR)
@@ -99,16 +114,36 @@ $(SCORES): $(IMAGES)
 	$(KG) score --run '$(RUN)' --work '$(WORK)' --device $(DEVICE) --out '$@' \
 		$(if $(INCEPTION),--inception-weights '$(INCEPTION)') $(if $(DETECTOR),--detector '$(DETECTOR)')
 
+# always runs: the feature index of the training data is cached, a query is seconds
+neighbours: $(if $(QUERY),$(INSTALLED),$(IMAGES))
+	$(KG) neighbours --run '$(RUN)' --work '$(WORK)' --device $(DEVICE) --k $(K) $(if $(QUERY),--images '$(QUERY)') \
+		$(if $(BACKBONE),--backbone '$(BACKBONE)') $(if $(WEIGHTS),--weights '$(WEIGHTS)')
+
 leaderboard: $(INSTALLED)
 	$(KG) leaderboard --work '$(WORK)'
 
 presets: $(INSTALLED)
 	$(KG) presets
 
+# our loop against the sample-code-style loop on DEVICE (GPU: ~5 min; CPU: reduced steps);
+# e.g. BENCH_ARGS='--steps 100 --windows 7' or BENCH_ARGS='--ablate --compile'
+BENCH_ARGS ?=
+bench: $(INSTALLED)
+	$(BIN)/python benchmarks/bench.py --device $(DEVICE) --csv $(WORK)/bench.csv $(BENCH_ARGS)
+
 test: $(INSTALLED)
 	$(BIN)/python -m pytest -q
 
 smoke:
 	@$(MAKE) --no-print-directory submit PRESET=smoke RUN=smoke WORK='$(WORK)/smoke'
+
+# Built beside the target and renamed, so an interrupted build never leaves half a wheelhouse.
+# No build isolation: the build uses the setuptools already in the venv (works offline).
+wheel: $(INSTALLED)
+	rm -rf '$(WHEELHOUSE).tmp' build  # a stale build/ would ship modules deleted since
+	$(BIN)/python -m pip wheel --quiet --no-deps --no-build-isolation -w '$(WHEELHOUSE).tmp' .
+	$(BIN)/python -m pip wheel --quiet --no-deps -w '$(WHEELHOUSE).tmp' $(WHEEL_DEPS)
+	rm -rf '$(WHEELHOUSE)' && mv '$(WHEELHOUSE).tmp' '$(WHEELHOUSE)'
+	@ls -l '$(WHEELHOUSE)'
 
 always:

@@ -24,7 +24,7 @@ def _train(a):
 
     cfg = resolve(a.preset, parse_set(a.set))
     run = Path(a.work) / "runs" / (a.run or a.preset)
-    train(cfg, Path(a.data or Path(a.work) / "data"), run, device=a.device, resume=not a.no_resume)
+    train(cfg, Path(a.data or Path(a.work) / "data"), run, device=a.device, resume=a.resume)
 
 
 def _generate(a):
@@ -46,15 +46,23 @@ def _submit(a):
 def _score(a):
     from .score import score
 
-    images = Path(a.images) if a.images else Path(a.work) / "runs" / a.run / "images"
+    images = Path(a.images) if a.images else Path(a.work) / "runs" / (a.run or "strong") / "images"
     score(images, Path(a.data or Path(a.work) / "data"), Path(a.work), inception_weights=a.inception_weights,
           detector=a.detector, device=a.device, ref_count=a.ref_count, run=a.run, out=a.out)
 
 
-def _leaderboard(a):
-    from .score import leaderboard
+def _neighbours(a):
+    from .neighbours import neighbours
 
-    print(leaderboard(Path(a.work)).to_string(index=False))
+    images = Path(a.images) if a.images else Path(a.work) / "runs" / a.run / "images"
+    neighbours(images, Path(a.data or Path(a.work) / "data"), Path(a.work), backbone=a.backbone, weights=a.weights,
+               k=a.k, threshold=a.threshold, out=a.out, device=a.device, input_size=a.input_size, rows=a.rows)
+
+
+def _leaderboard(a):
+    from .score import format_leaderboard, leaderboard
+
+    print(format_leaderboard(leaderboard(Path(a.work))))
 
 
 def _presets(a):
@@ -91,12 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = command("train", _train, "train a preset (resumes an interrupted run)")
     s.add_argument("--preset", default="baseline", help="baseline, medium, wgan, strong, smoke")
-    s.add_argument("--run", help="run name (default: the preset's name)")
+    # --run-name: under torchrun, whose own --run-path makes a bare --run an ambiguous option
+    s.add_argument("--run", "--run-name", dest="run", help="run name (default: the preset's name)")
     s.add_argument("--data", help="prepared data folder (default: WORK/data)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set train.epochs=5 (repeatable; space-separated lists too)")
     s.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    s.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints (refused if any exist)")
+    s.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="continue from the run's last checkpoint (default); --no-resume refuses a run that has one")
 
     s = command("generate", _generate, "draw images 1.jpg..N.jpg from a trained run")
     s.add_argument("--run", default="strong")
@@ -119,12 +129,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = command("score", _score, "FID and anime-face detection rate, with the homework's verdicts")
     s.add_argument("--images", help="folder of images (default: WORK/runs/RUN/images)")
-    s.add_argument("--run", default="strong")
+    s.add_argument("--run", help="run whose images to score (default: strong, unless --images is given)")
     s.add_argument("--data", help="prepared data folder (default: WORK/data)")
     s.add_argument("--out", help="scores.json path (default: beside the images)")
     s.add_argument("--inception-weights", help="Inception weights file, or random:SEED for a proxy FID")
     s.add_argument("--detector", help="lbpcascade_animeface.xml path (offline machines)")
     s.add_argument("--ref-count", type=int, default=None, help="training images for the reference statistics")
+    s.add_argument("--device", default="auto")
+
+    s = command("neighbours", _neighbours, "nearest training images of generated ones: did the generator copy?")
+    s.add_argument("--images", help="a folder of images or one image file (default: WORK/runs/RUN/images)")
+    s.add_argument("--run", default="strong")
+    s.add_argument("--data", help="prepared data folder (default: WORK/data)")
+    s.add_argument("--out", help="output folder (default: neighbours/ beside the images folder)")
+    s.add_argument("--backbone", help="clip, inception or a timm model name (default: clip if its weights are "
+                   "cached, else inception)")
+    s.add_argument("--weights", help="weights file, or random:SEED for an untrained proxy (default: the caches)")
+    s.add_argument("--k", type=int, default=5, help="neighbours per image (default: %(default)s)")
+    s.add_argument("--threshold", type=float, default=None, help="cosine similarity listed as a possible copy "
+                   "(default: the 99%% quantile of training images' similarity to their nearest other one)")
+    s.add_argument("--input-size", type=int, default=None, help="side fed to a timm backbone (default: its own)")
+    s.add_argument("--rows", type=int, default=16, help="queries on the sheet, most similar first (default: %(default)s)")
     s.add_argument("--device", default="auto")
 
     command("leaderboard", _leaderboard, "every scored run, best first")

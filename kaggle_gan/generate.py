@@ -30,12 +30,16 @@ def load_generator(source: Path, device: torch.device) -> Tuple[torch.nn.Module,
     """(EMA generator in eval mode, its config, its step) from a run folder, ``generator.pt`` or a checkpoint."""
     source = Path(source)
     if source.is_dir():
+        state = None
         if (source / "generator.pt").is_file():
-            state = load_file(source / "generator.pt", formats=FORMATS)
-        else:
+            try:
+                state = load_file(source / "generator.pt", formats=FORMATS)
+            except ValueError as err:  # corrupt: the run's checkpoints hold the same EMA generator
+                print(f"warning: {err}; using the run's latest good checkpoint instead")
+        if state is None:
             state = load_latest(source / "checkpoints")
             if state is None:
-                raise UserError(f"{source} holds no generator.pt and no checkpoint; train it first (make strong)")
+                raise UserError(f"{source} holds no usable generator.pt and no checkpoint; train it first (make strong)")
     elif source.is_file():
         try:
             state = load_file(source, formats=FORMATS)
@@ -48,7 +52,11 @@ def load_generator(source: Path, device: torch.device) -> Tuple[torch.nn.Module,
     weights = state["G_ema"] if state.get("G_ema") is not None else state["G"]
     if any(k.startswith("module.") for k in weights):  # an AveragedModel's state dict
         weights = {k[len("module."):]: v for k, v in weights.items() if k.startswith("module.")}
-    G.load_state_dict(weights)
+    try:
+        G.load_state_dict(weights)
+    except RuntimeError:  # weights that do not fit the architecture the file itself declares
+        raise UserError(f"{source}: its weights do not match its own model configuration; "
+                        "it was not written by kaggle_gan or was edited") from None
     return G.to(device).eval(), cfg, int(state["step"])
 
 

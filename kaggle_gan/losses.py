@@ -22,11 +22,17 @@ class StepContext:
     ``autocast`` opens the mixed-precision region (a null context in fp32);
     ``scale`` multiplies a loss by the fp16 gradient scale (identity
     otherwise), so a penalty can undo it; ``generator`` draws its randomness.
+    Under DDP every rank's ``generator`` is in the same state and the batch
+    is rank ``rank``'s slice of ``world_size`` equal slices: a loss draws for
+    the whole global batch and keeps its slice, so ranks draw independent
+    values and the same ones a single process would.
     """
 
     generator: Optional[torch.Generator] = None
     autocast: Callable[[], ContextManager] = contextlib.nullcontext
     scale: Callable[[Tensor], Tensor] = field(default=lambda t: t)
+    rank: int = 0
+    world_size: int = 1
 
 
 class GANLoss:
@@ -99,7 +105,9 @@ def gradient_penalty(D: nn.Module, real: Tensor, fake: Tensor, ctx: StepContext)
     gradients survive in half precision) and the gradient is unscaled in fp32
     before the norm: the penalty is the same number as in fp32.
     """
-    alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device, generator=ctx.generator)
+    n = real.shape[0]
+    alpha = torch.rand(n * ctx.world_size, 1, 1, 1, device=real.device, generator=ctx.generator)
+    alpha = alpha[ctx.rank * n : (ctx.rank + 1) * n]
     x = torch.lerp(fake.detach().float(), real.detach().float(), alpha).requires_grad_(True)
     with ctx.autocast():
         out = D(x)

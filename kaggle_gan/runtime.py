@@ -16,7 +16,7 @@ def available_cores() -> int:
 def resolve_device(name: str = "auto") -> "torch.device":  # noqa: F821
     """``auto`` -> cuda when present, else cpu; ``cuda`` without a GPU is a clear error.
 
-    On CPU the intra-op thread count is set to the cores actually available.
+    On CPU the intra-op thread count is set by :func:`cpu_threads`.
     """
     import torch
 
@@ -29,5 +29,17 @@ def resolve_device(name: str = "auto") -> "torch.device":  # noqa: F821
         raise UserError(f"unknown device {name!r}; use auto, cpu or cuda")
     device = torch.device(name)
     if device.type == "cpu":
-        torch.set_num_threads(available_cores())
+        torch.set_num_threads(cpu_threads())
     return device
+
+
+def cpu_threads() -> int:
+    """Intra-op threads on CPU: ``OMP_NUM_THREADS`` when the user set it, else every available core.
+
+    On a machine shared with other jobs fewer threads can be much faster:
+    an op split over N threads waits for the slowest to be scheduled.
+    """
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    return available_cores()

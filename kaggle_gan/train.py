@@ -15,8 +15,10 @@ Run folder layout::
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from . import __version__
+from . import distributed
 from .checkpoint import candidates, check_compatible, load_latest, save_checkpoint, save_generator
 from .config import Config, validate
 from .data import DeviceImages, load_prepared
@@ -128,8 +131,10 @@ class Trainer:
         validate(cfg)
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
         self.ckpt_dir = self.run_dir / "checkpoints"
-        self.device = resolve_device(device)
+        self.world = distributed.current()  # several ranks under torchrun; only rank 0 writes
+        self.device = distributed.local_device(resolve_device(device), self.world)
         t = cfg.train
+        distributed.check_batch(t.batch_size, self.world)
         prepared = load_prepared(data_dir)
         self.data_sha256 = prepared.meta["images_sha256"]
         images = prepared.images
@@ -157,11 +162,14 @@ class Trainer:
         self.scaler_G = torch.amp.GradScaler("cuda", enabled=scaled)
         self.scaler_D = torch.amp.GradScaler("cuda", enabled=scaled)
         self.gen = torch.Generator(self.device).manual_seed(t.seed)
-        self.ctx = StepContext(self.gen, self.precision.autocast, self.scaler_D.scale)
+        self.ctx = StepContext(self.gen, self.precision.autocast, self.scaler_D.scale, self.world.rank, self.world.size)
         self.step, self.elapsed = 0, 0.0
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        self.G_step, self.D_step = self.G, self.D  # compiled twins when train.compile is on
+        # DDP wrappers under torchrun, compiled twins when train.compile is on; self.G/self.D stay plain
+        self.G_step = distributed.wrap(self.G, self.device, self.world)
+        self.D_step = distributed.wrap(self.D, self.device, self.world)
+        self._eager: Optional[tuple] = None  # the eager pair while the first compiled step is pending
         if t.compile:
             self._compile()
         if resume:
@@ -180,13 +188,44 @@ class Trainer:
         return self.device
 
     def _compile(self) -> None:
+        """Wrap G (and D, unless the loss differentiates through D's gradient) in ``torch.compile``.
+
+        Compilation really happens at the first call, so wrapping alone proves
+        nothing: the first step runs under :meth:`_first_compiled_step`, which
+        falls back to eager mode if it fails. ``KAGGLE_GAN_COMPILE_BACKEND``
+        picks another dynamo backend (default ``inductor``).
+        """
+        backend = os.environ.get("KAGGLE_GAN_COMPILE_BACKEND", "inductor")
+        G_step, D_step = self.G_step, self.D_step
         try:
-            self.G_step = torch.compile(self.G)
+            self.G_step = torch.compile(G_step, backend=backend)
             # the gradient penalty differentiates through D's gradient, which compiled graphs do not support
-            self.D_step = self.D if self.loss.double_backward else torch.compile(self.D)
-        except Exception as err:  # pragma: no cover - depends on the platform
+            self.D_step = D_step if self.loss.double_backward else torch.compile(D_step, backend=backend)
+            self._eager = (G_step, D_step)
+        except Exception as err:  # an unknown backend, or no dynamo on this platform
             print(f"train: torch.compile unavailable ({type(err).__name__}: {err}); running eagerly")
-            self.G_step, self.D_step = self.G, self.D
+            self.G_step, self.D_step = G_step, D_step
+
+    def _first_compiled_step(self, real: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The first compiled step; if compiling or running it fails, undo what it did and go eager.
+
+        The step may fail half-way (after the critic's update, in the
+        generator's first compiled backward), so weights, optimisers, scalers,
+        EMA and random states are restored from a copy taken before it, and the
+        eager step then draws the same noise: the run is the one eager mode gives.
+        """
+        eager, self._eager = self._eager, None
+        before = copy.deepcopy(self.state())
+        try:
+            return self._train_step(real)
+        except Exception as err:
+            print(f"train: torch.compile failed at the first step ({type(err).__name__}: "
+                  f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}); running eagerly")
+            self._load_state(before)
+            self.opt_G.zero_grad(set_to_none=True)
+            self.opt_D.zero_grad(set_to_none=True)
+            self.G_step, self.D_step = eager
+            return self._train_step(real)
 
     # --- state ---------------------------------------------------------------------
 
@@ -220,6 +259,11 @@ class Trainer:
             raise UserError(
                 f"{state['path']} was trained on other prepared data; use another RUN name for the new data"
             )
+        self._load_state(state)
+        print(f"train: resumed from {state['path']} at step {self.step}/{self.total_steps}")
+
+    def _load_state(self, state: Dict) -> None:
+        """Put the run back to ``state`` (as :meth:`state` returns it): weights, optimisers, RNGs, step."""
         self.G.load_state_dict(state["G"])
         self.D.load_state_dict(state["D"])
         if self.ema:
@@ -234,10 +278,10 @@ class Trainer:
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
         self.step, self.elapsed = state["step"], state["elapsed"]
-        print(f"train: resumed from {state['path']} at step {self.step}/{self.total_steps}")
 
     def save(self, epoch_copy: Optional[int] = None) -> None:
-        save_checkpoint(self.state(), self.ckpt_dir, epoch_copy)
+        if self.world.is_main:
+            save_checkpoint(self.state(), self.ckpt_dir, epoch_copy)
 
     # --- the loop ------------------------------------------------------------------
 
@@ -245,13 +289,24 @@ class Trainer:
         B = self.cfg.train.batch_size
         index = order[position * B : (position + 1) * B]
         flip = torch.rand(B, device=self.device, generator=self.gen) < 0.5
-        return self.data.batch(index, flip)
+        mine = self.world.share(B)  # every rank draws the global batch (keeping RNG states equal), keeps its slice
+        return self.data.batch(index[mine], flip[mine])
 
     def _noise(self) -> torch.Tensor:
-        return torch.randn(self.cfg.train.batch_size, self.cfg.model.z_dim, device=self.device, generator=self.gen)
+        z = torch.randn(self.cfg.train.batch_size, self.cfg.model.z_dim, device=self.device, generator=self.gen)
+        return z[self.world.share(len(z))]
 
     def train_step(self, real: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """One critic step, and a generator step every ``loss.n_critic`` critic steps."""
+        """One critic step, and a generator step every ``loss.n_critic`` critic steps.
+
+        ``real`` is (B, 3, R, R) in [-1, 1]; returns detached 0-d losses and
+        statistics, still on the device (reading them back is the caller's choice).
+        """
+        if self._eager is not None:
+            return self._first_compiled_step(real)
+        return self._train_step(real)
+
+    def _train_step(self, real: torch.Tensor) -> Dict[str, torch.Tensor]:
         G, D, loss = self.G_step, self.D_step, self.loss
         with torch.no_grad(), self.precision.autocast():
             fake = G(self._noise())
@@ -263,11 +318,20 @@ class Trainer:
         loss.after_critic_step(self.D)
         stats["d_loss"] = d_loss.detach()
         if (self.step + 1) % self.cfg.loss.n_critic == 0:
+            # D's weight gradients from the generator's loss are never used (zeroed before the next critic
+            # step): freezing D skips computing them. Not under DDP, whose reducer expects every gradient.
+            freeze = self.cfg.train.fast and not self.world.distributed
             with self.precision.autocast():
                 fake = G(self._noise())
-            g_loss = loss.generator_loss(D, fake, self.ctx)
-            self.opt_G.zero_grad(set_to_none=True)
-            self.scaler_G.scale(g_loss).backward()
+            if freeze:
+                self.D.requires_grad_(False)
+            try:
+                g_loss = loss.generator_loss(D, fake, self.ctx)
+                self.opt_G.zero_grad(set_to_none=True)
+                self.scaler_G.scale(g_loss).backward()
+            finally:
+                if freeze:
+                    self.D.requires_grad_(True)
             self.scaler_G.step(self.opt_G)
             self.scaler_G.update()
             if self.ema:
@@ -284,14 +348,16 @@ class Trainer:
         from tqdm.auto import tqdm
 
         t = self.cfg.train
-        with RunLock(self.run_dir):
-            write_json(self.run_dir / "config.json", {"version": __version__, **self.cfg.to_dict()})
-            log = RunLog(self.run_dir / "log.csv", self.step)
+        main = self.world.is_main  # under torchrun only rank 0 locks, logs and writes
+        with RunLock(self.run_dir) if main else contextlib.nullcontext():
+            if main:
+                write_json(self.run_dir / "config.json", {"version": __version__, **self.cfg.to_dict()})
+            log = RunLog(self.run_dir / "log.csv", self.step) if main else None
             if self.step >= self.total_steps:
                 print(f"train: {self.run_dir} already trained to step {self.step}")
                 return self._finish(log)
             bar = tqdm(total=self.total_steps, initial=self.step, unit="step", desc=f"train {self.run_dir.name}",
-                       disable=not self.progress)
+                       disable=not (self.progress and main))
             sums: Dict[str, torch.Tensor] = {}
             counts: Dict[str, int] = {}
             window_start, window_step = time.perf_counter(), self.step
@@ -313,13 +379,15 @@ class Trainer:
                 bar.update(1)
                 end_of_epoch = self.step % self.steps_per_epoch == 0
                 if self.step % t.log_every == 0 or end_of_epoch or self.step == self.total_steps:
-                    means = {k: (sums[k] / counts[k]).item() for k in sums}
+                    means = {k: v.item() for k, v in
+                             distributed.mean_over_ranks({k: sums[k] / counts[k] for k in sums}, self.world).items()}
                     _check_finite(means, self.step)
                     now = time.perf_counter()
                     self.elapsed += now - window_start
                     rate = (self.step - window_step) * t.batch_size / max(now - window_start, 1e-9)
-                    log.write(self.step, self.step / self.steps_per_epoch, self.step * t.batch_size / 1000,
-                              self.elapsed, rate, means)
+                    if log:
+                        log.write(self.step, self.step / self.steps_per_epoch, self.step * t.batch_size / 1000,
+                                  self.elapsed, rate, means)
                     bar.set_postfix({k: f"{v:.3f}" for k, v in means.items()} | {"img/s": f"{rate:.0f}"})
                     sums, counts = {}, {}
                     window_start, window_step = time.perf_counter(), self.step
@@ -327,7 +395,8 @@ class Trainer:
                     self.sample_grid()
                 if end_of_epoch:
                     self.save(epoch_copy=self.step // self.steps_per_epoch if t.keep_epochs else None)
-                    plot_losses(self.run_dir / "log.csv", self.run_dir / "loss.png")
+                    if main:
+                        plot_losses(self.run_dir / "log.csv", self.run_dir / "loss.png")
                     last_ckpt = time.monotonic()
                 elif time.monotonic() - last_ckpt > t.ckpt_minutes * 60 or self.step == self.total_steps:
                     self.save()
@@ -335,12 +404,15 @@ class Trainer:
             bar.close()
             return self._finish(log)
 
-    def _finish(self, log: "RunLog") -> Path:
-        log.close()
-        self.sample_grid(name="final")
-        plot_losses(self.run_dir / "log.csv", self.run_dir / "loss.png")
-        out = save_generator(self.sampler().state_dict(), self.cfg.to_dict(), self.step, self.run_dir / "generator.pt")
-        print(f"train: finished {self.step} steps; generator at {out}")
+    def _finish(self, log: Optional["RunLog"]) -> Path:
+        out = self.run_dir / "generator.pt"
+        if self.world.is_main:
+            log.close()
+            self.sample_grid(name="final")
+            plot_losses(self.run_dir / "log.csv", self.run_dir / "loss.png")
+            save_generator(self.sampler().state_dict(), self.cfg.to_dict(), self.step, out)
+            print(f"train: finished {self.step} steps; generator at {out}")
+        distributed.barrier(self.world)  # the other ranks return once generator.pt exists
         return out
 
     @torch.no_grad()
@@ -348,12 +420,14 @@ class Trainer:
         """A grid of 64 images from the same fixed noise at every call, so grids compare over time."""
         from torchvision.utils import save_image
 
+        path = self.run_dir / "samples" / f"{name or f'step_{self.step:07d}'}.png"
+        if not self.world.is_main:
+            return path
         G = self.sampler()
         was_training = G.training
         G.eval()
         images = G(fixed_noise(self.cfg).to(self.device)).float()
         G.train(was_training)
-        path = self.run_dir / "samples" / f"{name or f'step_{self.step:07d}'}.png"
         with atomic_path(path, suffix=".png") as tmp:
             save_image(images, tmp, nrow=8, normalize=True, value_range=(-1, 1))
         return path
@@ -442,5 +516,9 @@ def plot_losses(log_csv: Path, out_png: Path) -> Optional[Path]:
 
 def train(cfg: Config, data_dir: Path, run_dir: Path, device: str = "auto", resume: bool = True,
           progress: bool = True) -> Path:
-    """Train (or resume) the run in ``run_dir`` on prepared data; returns the path of ``generator.pt``."""
-    return Trainer(cfg, data_dir, run_dir, device, resume, progress).run()
+    """Train (or resume) the run in ``run_dir`` on prepared data; returns the path of ``generator.pt``.
+
+    Under ``torchrun`` each process joins the group, trains its share of every batch, and only rank 0 writes.
+    """
+    with distributed.process_group(device):
+        return Trainer(cfg, data_dir, run_dir, device, resume, progress).run()
