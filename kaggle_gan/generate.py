@@ -91,6 +91,8 @@ def generate(
     G, cfg, step = load_generator(source, dev)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in [*out.parent.glob(f".tmp-{out.name}.*"), *out.parent.glob(f".old-{out.name}.*")]:
+        shutil.rmtree(leftover, ignore_errors=True)  # from a generate killed earlier
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}.", dir=out.parent))
     noise = torch.Generator().manual_seed(seed)
     try:

@@ -43,6 +43,15 @@ def test_regenerating_replaces_the_folder_whole(run, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith((".tmp-", ".old-"))]
 
 
+def test_leftovers_of_a_killed_generate_are_cleared(run, tmp_path):
+    (tmp_path / ".tmp-imgs.abc").mkdir()  # a half-written folder from a killed run
+    (tmp_path / ".tmp-imgs.abc" / "1.jpg").write_bytes(b"half")
+    (tmp_path / ".old-imgs.123").mkdir()
+    generate(run, tmp_path / "imgs", n=3, device="cpu")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith((".tmp-", ".old-"))]
+    assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == ["1.jpg", "2.jpg", "3.jpg"]
+
+
 def write_images(folder, n=1000, size=64):
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
