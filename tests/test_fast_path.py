@@ -1,0 +1,128 @@
+"""The fast path changes speed only: same losses with it on and off, and torch.compile failures fall back cleanly.
+
+The models are tiny (width 8, 32 px) so the tests run in seconds; the
+switches exercise the same code paths as the full-size networks.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from kaggle_gan.config import resolve
+from kaggle_gan.train import Trainer, epoch_order
+
+from conftest import REPO
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """Tiny networks run fastest on one thread, and on a shared CPU two threads can be 10x slower."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+SMALL = {"model.g_width": 8, "model.d_width": 8, "model.resolution": 32, "train.batch_size": 16,
+         "train.ckpt_minutes": 100.0}
+
+
+def losses(prepared, run_dir, preset, steps, **overrides):
+    """Per-step losses (as the host would read them) and the final weights of ``steps`` steps."""
+    t = Trainer(resolve(preset, {**SMALL, **overrides}), prepared, run_dir, device="cpu", resume=False,
+                progress=False)
+    out = []
+    order = None
+    for step in range(steps):
+        epoch, position = divmod(step, t.steps_per_epoch)
+        if position == 0:
+            order = epoch_order(t.cfg.train.seed, epoch, len(t.data))
+        stats = t.train_step(t._batch(order, position))
+        out.append({k: v.item() for k, v in stats.items()})
+        t.step += 1
+    return out, {**t.G.state_dict(), **{f"D.{k}": v for k, v in t.D.state_dict().items()}}
+
+
+@pytest.mark.parametrize("preset", ["baseline", "strong"])
+def test_fast_path_on_and_off_learn_the_same_thing(preset, prepared, tmp_path):
+    """50 fp32 steps from one seed: every logged loss agrees to 1e-4 relative."""
+    fast, w_fast = losses(prepared, tmp_path / "fast", preset, 50, **{"train.fast": True})
+    slow, w_slow = losses(prepared, tmp_path / "slow", preset, 50, **{"train.fast": False})
+    assert len(fast) == len(slow) == 50
+    assert sum("g_loss" in s for s in fast) == (50 if preset == "baseline" else 10)
+    for step, (a, b) in enumerate(zip(fast, slow)):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), (step, k)
+    moved = [k for k in w_fast if w_fast[k].is_floating_point() and not torch.equal(w_fast[k], w_slow[k])]
+    for k in moved:
+        torch.testing.assert_close(w_fast[k], w_slow[k], rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture
+def broken_backend():
+    """A dynamo backend whose compiler fails, as inductor does without a working C++ toolchain."""
+    from torch._dynamo import register_backend
+    from torch._dynamo.backends.registry import _COMPILER_FNS
+
+    name = "kaggle_gan_test_broken"
+    if name not in _COMPILER_FNS:
+        @register_backend(name=name)
+        def broken(gm, example_inputs):
+            raise RuntimeError("no compiler on this machine")
+    yield name
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("preset", ["baseline", "strong"])
+def test_compile_failing_at_the_first_step_falls_back_to_the_eager_run(preset, prepared, tmp_path, broken_backend,
+                                                                        monkeypatch, capsys):
+    monkeypatch.setenv("KAGGLE_GAN_COMPILE_BACKEND", broken_backend)
+    compiled, w_compiled = losses(prepared, tmp_path / "c", preset, 6, **{"train.compile": True})
+    assert "torch.compile failed at the first step" in capsys.readouterr().out
+    eager, w_eager = losses(prepared, tmp_path / "e", preset, 6, **{"train.compile": False})
+    assert compiled == eager  # the failed attempt left no trace: same noise, same updates
+    for k in w_eager:
+        assert torch.equal(w_compiled[k], w_eager[k]), k
+
+
+def test_compile_with_an_unknown_backend_runs_eagerly(prepared, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KAGGLE_GAN_COMPILE_BACKEND", "no_such_backend")
+    compiled, _ = losses(prepared, tmp_path / "c", "baseline", 2, **{"train.compile": True})
+    assert "torch.compile unavailable" in capsys.readouterr().out
+    eager, _ = losses(prepared, tmp_path / "e", "baseline", 2, **{"train.compile": False})
+    assert compiled == eager
+
+
+def test_omp_num_threads_sets_the_cpu_threads(monkeypatch):
+    from kaggle_gan.runtime import available_cores, resolve_device
+
+    resolve_device("cpu")
+    assert torch.get_num_threads() == 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    resolve_device("cpu")
+    assert torch.get_num_threads() == available_cores()
+
+
+def test_the_generator_step_leaves_the_critic_trainable(prepared, tmp_path):
+    t = Trainer(resolve("baseline", SMALL), prepared, tmp_path / "r", device="cpu", resume=False, progress=False)
+    t.train_step(t._batch(torch.randperm(len(t.data)), 0))
+    assert all(p.requires_grad for p in t.D.parameters())
+
+
+def test_bench_runs_and_writes_its_table(tmp_path):
+    """``make bench`` end to end, shrunk: every task appears with a positive speed and a ratio."""
+    out = tmp_path / "bench.csv"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench.py"), "--device", "cpu", "--data", "synthetic",
+         "--images", "64", "--batch", "16", "--resolution", "32", "--width", "8", "--steps", "1", "--windows", "1",
+         "--warmup", "1", "--count", "20", "--gen-repeats", "1", "--csv", str(out), "--work", str(tmp_path / "w")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    import pandas as pd
+
+    table = pd.read_csv(out)
+    assert set(table.task) == {"train baseline", "train strong", "generate 20", "prepare 64"}
+    assert (table.img_per_s > 0).all()
+    ours = table[(table.pipeline == "ours") & table.task.str.startswith("train")]
+    assert ours.ratio_vs_reference.notna().all() and len(ours) == 2
+    assert "ratio_vs_reference" in done.stdout
