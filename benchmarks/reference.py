@@ -6,9 +6,9 @@ the model's size, ``ToTensor``, ``Normalize``), a ``DataLoader`` with 2 worker
 processes, noise drawn on the host and copied over, the generated batch kept
 with its graph and fed to the critic undetached (the sample's
 ``f_logit = self.D(f_imgs)``), so the critic's backward also runs back through
-the generator, whose gradients are then zeroed before its own step (the
-gradient penalty here detaches, as ours does, which flatters the reference
-slightly), default optimiser settings,
+the generator, whose gradients are then zeroed before its own step (for
+WGAN-GP the penalty is the sample's ``gp`` on the undetached fake batch, so
+its backward reaches the generator too), default optimiser settings,
 default memory format, fp32, and both losses read back with ``.item()`` every
 step for the progress bar.
 
@@ -92,7 +92,11 @@ class ReferenceLoop:
         imgs = next(self._batches).to(self.device)
         z = torch.randn(B, z_dim).to(self.device)
         f_imgs = self.G(z)
-        loss_D, _ = self.loss.critic_loss(self.D, imgs, f_imgs, self.ctx)  # not detached: as the sample
+        if self.cfg.loss.name == "wgan-gp":  # the sample's WGAN-GP comment: its own self.gp(r_imgs, f_imgs)
+            r_logit, f_logit = self.D(imgs), self.D(f_imgs)
+            loss_D = -r_logit.mean() + f_logit.mean() + self.cfg.loss.gp_lambda * sample_gp(self.D, imgs, f_imgs)
+        else:
+            loss_D, _ = self.loss.critic_loss(self.D, imgs, f_imgs, self.ctx)  # not detached: as the sample
         self.D.zero_grad()
         loss_D.backward()
         self.opt_D.step()
@@ -111,6 +115,20 @@ class ReferenceLoop:
 
     def close(self) -> None:
         self._batches.close()  # ends the loader's iterator, so its worker processes exit
+
+
+def sample_gp(D: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """The gradient penalty as students wrote the sample's ``gp``: one mixing weight per image
+    drawn on the host, and ``fake`` not detached, so the penalty's backward also reaches G.
+
+    Same value as :func:`kaggle_gan.losses.gradient_penalty`; only the wasted work differs.
+    """
+    alpha = torch.rand(real.size(0), 1, 1, 1).to(real.device)
+    interpolates = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    out = D(interpolates)
+    (grad,) = torch.autograd.grad(out, interpolates, grad_outputs=torch.ones_like(out), create_graph=True,
+                                  retain_graph=True)
+    return ((grad.view(grad.size(0), -1).norm(2, dim=1) - 1) ** 2).mean()
 
 
 @torch.no_grad()
