@@ -43,7 +43,7 @@ SCORES   := $(RUN_DIR)/scores.json
 SUBMISSION ?= submission
 ARCHIVE  := $(SUBMISSION)/$(RUN)/images.$(FORMAT)
 
-.PHONY: help setup prepare baseline medium wgan strong train generate submit score neighbours leaderboard presets test smoke bench wheel always
+.PHONY: help setup prepare baseline medium wgan strong boss race train generate submit score neighbours leaderboard presets test smoke bench wheel always
 
 help:
 	@echo "Targets:"
@@ -53,12 +53,14 @@ help:
 	@echo "  medium      DCGAN, 20 epochs                           -> submission/medium/"
 	@echo "  wgan        WGAN with weight clipping                  -> submission/wgan/"
 	@echo "  strong      WGAN-GP                                    -> submission/strong/"
+	@echo "  boss        SN-ResNet, hinge, DiffAugment, TTUR        -> submission/boss/"
 	@echo "              (each: prepare -> train -> generate COUNT images -> submit)"
 	@echo "  train       train PRESET as RUN (resumes when interrupted)"
 	@echo "  generate    COUNT images from RUN into $(WORK)/runs/RUN/images"
 	@echo "  submit      validate and pack RUN's images into submission/RUN/images.FORMAT"
 	@echo "  score       FID + anime-face detection rate of RUN's images, with HW6 verdicts"
 	@echo "  neighbours  nearest training images of RUN's images (or QUERY=folder|file): copies?"
+	@echo "  race        every preset, same data, same images shown (32px on CPU, <30 min) -> $(WORK)/race/race.csv, .png"
 	@echo "  leaderboard every scored run, best first"
 	@echo "  presets     what each preset changes, and why"
 	@echo "  test        run the test suite"
@@ -106,7 +108,7 @@ submit: $(ARCHIVE)
 $(ARCHIVE): $(IMAGES)
 	$(KG) submit --run '$(RUN)' --work '$(WORK)' --count $(COUNT) --format $(FORMAT) --out '$@' $(if $(FORCE),--force)
 
-baseline medium wgan strong:
+baseline medium wgan strong boss:
 	@$(MAKE) --no-print-directory submit PRESET=$@
 
 score: $(SCORES)
@@ -118,6 +120,13 @@ $(SCORES): $(IMAGES)
 neighbours: $(if $(QUERY),$(INSTALLED),$(IMAGES))
 	$(KG) neighbours --run '$(RUN)' --work '$(WORK)' --device $(DEVICE) --k $(K) $(if $(QUERY),--images '$(QUERY)') \
 		$(if $(BACKBONE),--backbone '$(BACKBONE)') $(if $(WEIGHTS),--weights '$(WEIGHTS)')
+
+# every preset for the same images shown to the critic, scored along the way (FID: the cached Inception
+# weights, else random:0, a labelled proxy). GPU, full scale: RACE_ARGS='--resolution 64 --width 64 --kimg 2000'
+RACE_ARGS ?=
+race: $(PREPARED)
+	$(KG) race --work '$(WORK)' --device $(DEVICE) $(if $(INCEPTION),--inception-weights '$(INCEPTION)') \
+		$(if $(DETECTOR),--detector '$(DETECTOR)') $(RACE_ARGS)
 
 leaderboard: $(INSTALLED)
 	$(KG) leaderboard --work '$(WORK)'

@@ -59,6 +59,17 @@ def _neighbours(a):
                k=a.k, threshold=a.threshold, out=a.out, device=a.device, input_size=a.input_size, rows=a.rows)
 
 
+def _race(a):
+    from .config import parse_set
+    from .race import race
+
+    race(Path(a.data or Path(a.work) / "data"), Path(a.out or Path(a.work) / "race"),
+         overrides=parse_set(a.set), fid_cache=Path(a.work) / "cache" / "fid",
+         presets=[p for p in a.presets.split(",") if p], kimg=a.kimg, points=a.points, resolution=a.resolution,
+         width=a.width, batch_size=a.batch_size, seed=a.seed, count=a.count, fid_count=a.fid_count,
+         ref_count=a.ref_count, inception_weights=a.inception_weights, detector=a.detector, device=a.device)
+
+
 def _leaderboard(a):
     from .score import format_leaderboard, leaderboard
 
@@ -98,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="prepare again even if up to date")
 
     s = command("train", _train, "train a preset (resumes an interrupted run)")
-    s.add_argument("--preset", default="baseline", help="baseline, medium, wgan, strong, smoke")
+    s.add_argument("--preset", default="baseline", help="baseline, medium, wgan, strong, boss, smoke")
     # --run-name: under torchrun, whose own --run-path makes a bare --run an ambiguous option
     s.add_argument("--run", "--run-name", dest="run", help="run name (default: the preset's name)")
     s.add_argument("--data", help="prepared data folder (default: WORK/data)")
@@ -150,6 +161,27 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the 99%% quantile of training images' similarity to their nearest other one)")
     s.add_argument("--input-size", type=int, default=None, help="side fed to a timm backbone (default: its own)")
     s.add_argument("--rows", type=int, default=16, help="queries on the sheet, most similar first (default: %(default)s)")
+    s.add_argument("--device", default="auto")
+
+    s = command("race", _race, "every preset on the same data and image budget, scored along the way")
+    s.add_argument("--data", help="prepared data folder (default: WORK/data)")
+    s.add_argument("--out", help="race folder (default: WORK/race)")
+    s.add_argument("--presets", default="baseline,medium,wgan,strong,boss", help="comma-separated (default: %(default)s)")
+    s.add_argument("--kimg", type=float, default=64.0, help="thousand images shown to each critic (default: %(default)s)")
+    s.add_argument("--points", type=int, default=4, help="evaluation points along the budget (default: %(default)s)")
+    s.add_argument("--resolution", type=int, default=32, help="training side in pixels (default: %(default)s)")
+    s.add_argument("--width", type=int, default=32, help="g_width and d_width (default: %(default)s)")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--seed", type=int, default=2022)
+    s.add_argument("--count", type=int, default=1000, help="images generated at each point (default: %(default)s)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override for every preset, for ablations, e.g. --set train.augment= (repeatable)")
+    s.add_argument("--fid-count", type=int, default=250, help="of them, scored by FID along the curve "
+                   "(all --count at the last point too) (default: %(default)s)")
+    s.add_argument("--ref-count", type=int, default=2000, help="training images in the FID reference (default: %(default)s)")
+    s.add_argument("--inception-weights", help="Inception weights file, or random:SEED (default: the cached "
+                   "weights, else random:0, a proxy)")
+    s.add_argument("--detector", help="lbpcascade_animeface.xml path (offline machines)")
     s.add_argument("--device", default="auto")
 
     command("leaderboard", _leaderboard, "every scored run, best first")

@@ -110,12 +110,118 @@ def init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+class _UpBlock(nn.Module):
+    """Pre-activation residual block that doubles the side: (B, c_in, s, s) -> (B, c_out, 2s, 2s)."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.main = nn.Sequential(
+            nn.BatchNorm2d(c_in), nn.ReLU(), nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(c_in, c_out, 3, 1, 1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.Conv2d(c_out, c_out, 3, 1, 1),
+        )
+        self.skip = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.main(x) + self.skip(x)
+
+
+class _DownBlock(nn.Module):
+    """Residual critic block that halves the side; ``first`` skips the leading ReLU (the input is an image)."""
+
+    def __init__(self, c_in: int, c_out: int, norm: str, first: bool = False):
+        super().__init__()
+        layers: List[nn.Module] = [] if first else [nn.ReLU()]
+        layers += [nn.Conv2d(c_in, c_out, 3, 1, 1), _norm2d(norm, c_out), nn.ReLU(),
+                   nn.Conv2d(c_out, c_out, 3, 1, 1), nn.AvgPool2d(2)]
+        self.main = nn.Sequential(*layers)
+        # the first block pools before its 1x1 (cheaper, same function); later ones as in SN-GAN
+        self.skip = (nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(c_in, c_out, 1)) if first
+                     else nn.Sequential(nn.Conv2d(c_in, c_out, 1), nn.AvgPool2d(2)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.main(x) + self.skip(x)
+
+
+class ResNetGenerator(nn.Module):
+    """z (B, z_dim) -> images (B, 3, R, R) in [-1, 1]; the SN-GAN / BigGAN-style residual generator.
+
+    Linear to a (w0, base, base) map, one upsampling residual block per 2x
+    (channels as in DCGAN: 8w at 4x4 halving to w), then BN + ReLU + 3x3 conv to RGB + Tanh.
+    """
+
+    def __init__(self, z_dim: int = 100, width: int = 64, resolution: int = 64):
+        super().__init__()
+        base, steps = _plan(resolution)
+        ch = _widths(width, steps)
+        self.z_dim, self.base, self.top = z_dim, base, ch[0]
+        self.project = nn.Linear(z_dim, ch[0] * base * base)
+        self.blocks = nn.Sequential(*[_UpBlock(a, b) for a, b in zip([ch[0], *ch[:-1]], ch)])
+        self.to_rgb = nn.Sequential(nn.BatchNorm2d(ch[-1]), nn.ReLU(), nn.Conv2d(ch[-1], 3, 3, 1, 1), nn.Tanh())
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.project(z).view(z.shape[0], self.top, self.base, self.base)
+        return self.to_rgb(self.blocks(x))
+
+
+class ResNetDiscriminator(nn.Module):
+    """images (B, 3, R, R) in [-1, 1] -> scores (B,); the SN-GAN-style residual critic.
+
+    One downsampling residual block per 2x (w at full size doubling to 8w),
+    ReLU, a sum over positions and a linear layer. ``norm`` as in DCGAN;
+    ``none`` with spectral normalisation is the usual choice.
+    """
+
+    def __init__(self, width: int = 64, resolution: int = 64, norm: str = "none"):
+        super().__init__()
+        _base, steps = _plan(resolution)
+        ch = _widths(width, steps)[::-1]
+        self.blocks = nn.Sequential(*[_DownBlock(a, b, norm, first=i == 0)
+                                      for i, (a, b) in enumerate(zip([3, *ch[:-1]], ch))])
+        self.head = nn.Linear(ch[-1], 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.blocks(x)).sum(dim=(2, 3))).flatten()
+
+
+def init_resnet(module: nn.Module) -> None:
+    """Xavier-uniform weights and zero biases for convolutions and linear layers (as SN-GAN)."""
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+def add_spectral_norm(module: nn.Module) -> nn.Module:
+    """Spectral normalisation (Miyato et al. 2018) on every convolution and linear layer, in place.
+
+    Each weight is divided by its largest singular value, estimated by one
+    power iteration per training forward pass: the critic becomes about
+    1-Lipschitz layer by layer, with no penalty term and no extra backward pass.
+    """
+    for m in list(module.modules()):
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.utils.parametrizations.spectral_norm(m)
+    return module
+
+
+ARCHS = ("dcgan", "resnet")
+
+
 def build_models(model_cfg) -> Tuple[nn.Module, nn.Module]:
     """(generator, critic) for a :class:`kaggle_gan.config.ModelConfig`, initialised."""
-    if model_cfg.arch != "dcgan":
-        raise ValueError(f"unknown model.arch {model_cfg.arch!r}; available: dcgan")
-    G = DCGANGenerator(model_cfg.z_dim, model_cfg.g_width, model_cfg.resolution)
-    D = DCGANDiscriminator(model_cfg.d_width, model_cfg.resolution, model_cfg.d_norm)
-    G.apply(init_weights)
-    D.apply(init_weights)
+    c = model_cfg
+    if c.arch == "dcgan":
+        G = DCGANGenerator(c.z_dim, c.g_width, c.resolution)
+        D = DCGANDiscriminator(c.d_width, c.resolution, c.d_norm)
+        init = init_weights
+    elif c.arch == "resnet":
+        G = ResNetGenerator(c.z_dim, c.g_width, c.resolution)
+        D = ResNetDiscriminator(c.d_width, c.resolution, c.d_norm)
+        init = init_resnet
+    else:
+        raise ValueError(f"unknown model.arch {c.arch!r}; available: {', '.join(ARCHS)}")
+    G.apply(init)
+    D.apply(init)
+    if getattr(c, "spectral_norm", False):  # after the init: the parametrisation wraps the initialised weight
+        add_spectral_norm(D)
     return G, D

@@ -32,6 +32,7 @@ from torch.optim.swa_utils import AveragedModel
 from . import __version__
 from . import distributed
 from .checkpoint import candidates, check_compatible, load_latest, save_checkpoint, save_generator
+from .augment import AugmentedCritic
 from .config import Config, validate
 from .data import DeviceImages, load_prepared
 from .io import RunLock, UserError, atomic_path, write_json
@@ -169,6 +170,8 @@ class Trainer:
         # DDP wrappers under torchrun, compiled twins when train.compile is on; self.G/self.D stay plain
         self.G_step = distributed.wrap(self.G, self.device, self.world)
         self.D_step = distributed.wrap(self.D, self.device, self.world)
+        if t.augment:  # the losses see D(augment(x)) for real, fake and penalty points alike (DiffAugment)
+            self.D_step = AugmentedCritic(self.D_step, t.augment, self.gen)
         self._eager: Optional[tuple] = None  # the eager pair while the first compiled step is pending
         if t.compile:
             self._compile()

@@ -1,0 +1,275 @@
+"""The race: every preset on the same data for the same number of images shown to the critic.
+
+Each preset is trained with :func:`kaggle_gan.train.train` (the one loop) at a
+reduced resolution and width, in segments that resume one another; after each
+segment the EMA generator draws images the way ``kaggle-gan generate`` does
+(upsampled to 64x64 JPEGs) and they are scored with the project's AFD and FID
+code. Same seed, hence the same data order, for every preset.
+
+Outputs under ``WORK`` (``WORK/race`` from the CLI)::
+
+    runs/PRESET/        the training runs; generator-STEP.pt is the EMA generator at each point,
+                        point-STEP.json its scores
+    race.json           the budget and scale: a second race in the folder reuses finished points
+    race.csv            one row per preset and evaluation point
+    race.png            AFD and FID against thousands of images shown, one line per preset
+
+Budgets are counted in images shown to the critic (critic steps x batch), so a
+preset with 5 critic steps per generator step gets a fifth of the generator
+steps: that is its cost, and the race charges it.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+
+from .config import Config, resolve
+from .io import UserError, atomic_path, read_json, write_json
+
+PRESETS = ("baseline", "medium", "wgan", "strong", "boss")
+#: CPU scale: 32x32 at width 32 with batch 64. Measured on 2 cores: DCGAN ~1,400 img/s,
+#: WGAN-GP ~1,300, boss ~160-200; 64k images keep the whole race under 30 minutes.
+DEFAULT_KIMG = 64.0
+DEFAULT_RESOLUTION = 32
+DEFAULT_WIDTH = 32
+DEFAULT_POINTS = 4
+DEFAULT_FID_COUNT = 250  # images per intermediate FID; the last point also reports the full count
+DEFAULT_REF_COUNT = 2000  # reference images (plus 1000 held out for the floor): ~2.5 min of Inception on 2 cores
+COLUMNS = ["preset", "same_as", "point", "kimg", "steps", "g_steps", "train_s", "afd", "fid_small", "fid",
+           "n_images", "fid_small_images", "fid_label"]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A preset as raced: its configuration at race scale, with the budget left to the segments."""
+
+    preset: str
+    cfg: Config
+
+
+def race_config(preset: str, resolution: int, width: int, batch_size: int, seed: int,
+                overrides: Optional[Dict[str, str]] = None) -> Config:
+    """``preset`` at race scale, then ``overrides`` (ablations); ``train.max_steps`` is set per segment."""
+    return resolve(preset, {
+        "model.resolution": resolution, "model.g_width": width, "model.d_width": width,
+        "train.batch_size": batch_size, "train.seed": seed,
+        "train.keep_epochs": False, "train.ckpt_minutes": 1e6, "train.log_every": 25, **(overrides or {}),
+    })
+
+
+def _recipe(cfg: Config) -> dict:
+    """Everything that changes a run once the length is fixed (epochs do not, at a fixed budget)."""
+    flat = cfg.flat()
+    flat.pop("train.epochs")
+    return flat
+
+
+def _fid_model(inception_weights: Optional[str], device):
+    """The Inception network for FID: the given weights, else the cached real ones, else ``random:0`` (a proxy)."""
+    from . import fid as fid_mod
+    from .weights import WeightsMissing
+
+    if inception_weights is None:
+        try:
+            return fid_mod.load_inception(None, device)
+        except WeightsMissing:
+            print("race: no Inception weights found; using random:0. Its FID is a PROXY, comparable only "
+                  "within this race (same weights, same reference)")
+            inception_weights = "random:0"
+    return fid_mod.load_inception(inception_weights, device)
+
+
+def race(
+    data_dir: Union[str, Path],
+    work: Union[str, Path],
+    presets: Sequence[str] = PRESETS,
+    kimg: float = DEFAULT_KIMG,
+    points: int = DEFAULT_POINTS,
+    resolution: int = DEFAULT_RESOLUTION,
+    width: int = DEFAULT_WIDTH,
+    batch_size: int = 64,
+    seed: int = 2022,
+    count: int = 1000,
+    fid_count: int = DEFAULT_FID_COUNT,
+    ref_count: int = DEFAULT_REF_COUNT,
+    inception_weights: Optional[str] = None,
+    detector=None,
+    device: str = "auto",
+    overrides: Optional[Dict[str, str]] = None,
+    fid_cache: Optional[Path] = None,
+    progress: bool = True,
+) -> "pd.DataFrame":  # noqa: F821
+    """Train, generate and score every preset at ``points`` even fractions of ``kimg`` thousand images.
+
+    At every point: AFD on ``count`` images and FID on the first ``fid_count``
+    of them (``fid_small``, comparable along the curve); at the last point also
+    the FID of all ``count`` (``fid``). Presets whose recipe is the same at a
+    fixed budget (medium is baseline trained longer) are trained once and
+    reported with ``same_as``. ``overrides`` apply to every preset (for
+    ablations: ``{"train.augment": ""}``). The FID reference statistics are
+    cached in ``fid_cache`` (default ``work/cache/fid``). Writes ``race.csv``
+    and ``race.png`` in ``work``, prints the final table and returns the rows.
+    """
+    import pandas as pd
+
+    from . import afd as afd_mod
+    from . import fid as fid_mod
+    from .data import load_prepared
+    from .generate import generate
+    from .runtime import resolve_device
+    from .score import load_image_folder
+    from .train import train
+
+    data_dir, work = Path(data_dir), Path(work)
+    if kimg <= 0 or points < 1 or count < 2 or not 2 <= fid_count <= count:
+        raise UserError("race needs kimg > 0, points >= 1, count >= 2 and 2 <= fid-count <= count")
+    prepared = load_prepared(data_dir)
+    size = int(prepared.images.shape[1])
+    entries = [Entry(p, race_config(p, resolution, width, batch_size, seed, overrides)) for p in presets]
+    total_steps = max(1, round(kimg * 1000 / batch_size))
+    marks = sorted({max(1, round(total_steps * (i + 1) / points)) for i in range(points)})
+    det = afd_mod.make_detector(detector)
+    _check_settings(work, {"kimg": kimg, "points": points, "resolution": resolution, "width": width,
+                           "batch_size": batch_size, "seed": seed, "overrides": dict(overrides or {})})
+    dev = resolve_device(device)
+    model = _fid_model(inception_weights, dev)
+    label = model.label
+    print(f"race: {len(presets)} presets x {total_steps} steps of {batch_size} "
+          f"({total_steps * batch_size / 1000:.1f}k images shown to the critic), {resolution}px, width {width}, "
+          f"scored at {', '.join(str(m) for m in marks)} steps; {label}")
+    ref = fid_mod.reference_stats(prepared.images, prepared.meta["images_sha256"], model,
+                                  Path(fid_cache) if fid_cache else work / "cache" / "fid", ref_count)
+
+    rows: List[dict] = []
+    raced: Dict[str, str] = {}  # recipe -> the preset that ran it
+    started = time.perf_counter()
+    for e in entries:
+        key = repr(sorted(_recipe(e.cfg).items()))
+        if key in raced:
+            twin = raced[key]
+            print(f"race: {e.preset} has the same recipe as {twin} at a fixed budget (they differ only in "
+                  f"train.epochs): its rows are {twin}'s")
+            rows += [{**r, "preset": e.preset, "same_as": twin} for r in rows if r["preset"] == twin]
+            continue
+        raced[key] = e.preset
+        run = work / "runs" / e.preset
+        for point, steps in enumerate(marks, 1):
+            cfg = resolve(e.preset, {**e.cfg.flat(), "train.max_steps": steps})
+            t0 = time.perf_counter()
+            snapshot = run / f"generator-{steps:07d}.pt"  # the EMA generator at this point, kept for a re-run
+            if not snapshot.is_file():
+                train(cfg, data_dir, run, device=device, progress=progress)
+                with atomic_path(snapshot, suffix=".pt") as tmp:
+                    shutil.copyfile(run / "generator.pt", tmp)
+            scored = run / f"point-{steps:07d}.json"  # this point's scores, reused while the scoring is the same
+            how = {"count": count, "fid_count": fid_count, "fid_key": f"{model.weights.identity}|{ref.key}",
+                   "detector": det.describe(), "last": steps == marks[-1]}
+            cached = read_json(scored) if scored.is_file() else None
+            if cached is not None and cached.get("how") == json.loads(json.dumps(how)):
+                rate, small, full = cached["afd"], cached["fid_small"], cached["fid"]
+            else:
+                images_dir = generate(snapshot, run / "images", n=count, seed=0, size=64, device=device)
+                names, images, _ = load_image_folder(images_dir, size, prepared.meta.get("resample", "bilinear"))
+                rate = afd_mod.detection_rate(images, det, names, progress=False).rate
+                feats = fid_mod.activations(images if how["last"] else images[:fid_count], model,
+                                            desc=f"{e.preset} @ {steps} steps")
+                small = fid_mod.frechet_distance_to_features(feats[:fid_count], ref.mu, ref.sigma)
+                full = fid_mod.frechet_distance_to_features(feats, ref.mu, ref.sigma) if how["last"] else None
+                write_json(scored, {"how": how, "afd": rate, "fid_small": small, "fid": full})
+            seconds = _train_seconds(run, steps)
+            rows.append({
+                "preset": e.preset, "same_as": "", "point": point, "kimg": steps * batch_size / 1000, "steps": steps,
+                "g_steps": steps // cfg.loss.n_critic, "train_s": seconds, "afd": rate, "fid_small": small,
+                "fid": full, "n_images": count, "fid_small_images": fid_count, "fid_label": label,
+            })
+            fid_text = f", FID {full:.1f}" if full is not None else ""
+            print(f"race: {e.preset} {steps * batch_size / 1000:.1f}k images, {seconds:.0f} s of training: "
+                  f"AFD {rate:.3f}, {label} on {fid_count} {small:.1f}{fid_text} "
+                  f"(point took {time.perf_counter() - t0:.0f} s)")
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    csv_path, png_path = work / "race.csv", work / "race.png"
+    with atomic_path(csv_path) as tmp:
+        table.to_csv(tmp, index=False)
+    plot_race(table, png_path)
+    final = final_table(table)
+    print(f"\nrace: {total_steps * batch_size / 1000:.1f}k images shown per preset, {resolution}px, width {width}; "
+          f"{(time.perf_counter() - started) / 60:.1f} min after the reference statistics")
+    print(final.to_string(index=False))
+    if model.weights.is_random:
+        print(f"note: {label} uses randomly initialised Inception weights: a proxy, comparable only within one "
+              "race (same weights, same reference statistics), never with published FIDs")
+    print(f"race: wrote {csv_path} and {png_path}")
+    return table
+
+
+def _train_seconds(run: Path, steps: int) -> float:
+    """Training time the run's log recorded up to ``steps`` (excludes generating and scoring)."""
+    import pandas as pd
+
+    log = pd.read_csv(run / "log.csv")
+    log = log[log.step <= steps]
+    return float(log.seconds.iloc[-1]) if len(log) else 0.0
+
+
+def _check_settings(work: Path, settings: dict) -> None:
+    """A race folder holds one race: refuse to mix points of another budget or scale into it."""
+    path = work / "race.json"
+    if path.is_file():
+        old = read_json(path)
+        if old != settings:
+            diff = ", ".join(f"{k}={old.get(k)!r} (now {v!r})" for k, v in settings.items() if old.get(k) != v)
+            raise UserError(f"{work} holds a race with {diff}; pass another --out or delete {work}")
+    else:
+        write_json(path, settings)
+
+
+def final_table(table: "pd.DataFrame") -> "pd.DataFrame":  # noqa: F821
+    """The last point of each preset, best AFD first: what ``make race`` prints and the README shows."""
+    last = table[table.point == table.point.max()].copy()
+    label = str(last.fid_label.iloc[0]) if len(last) else "FID"
+    out = last.assign(
+        kimg=last.kimg.map(lambda v: f"{v:.1f}"),
+        train_min=(last.train_s / 60).map(lambda v: f"{v:.1f}"),
+        afd=last.afd.map(lambda v: f"{v:.3f}"),
+        fid=last.fid.map(lambda v: f"{v:.1f}"),
+        same_as=last.same_as.fillna("").replace("", "-"),
+    )[["preset", "same_as", "kimg", "steps", "g_steps", "train_min", "afd", "fid"]]
+    order = last.afd.astype(float).rank(ascending=False, method="first").values
+    out = out.iloc[np.argsort(order)]
+    return out.rename(columns={"fid": f"{label} (n={int(last.n_images.iloc[0])})" if len(last) else "fid",
+                               "afd": "AFD", "train_min": "train min", "same_as": "same as"})
+
+
+def plot_race(table: "pd.DataFrame", out_png: Path) -> Path:  # noqa: F821
+    """AFD (left) and small-sample FID (right) against thousands of images shown, one line per preset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    label = str(table.fid_label.iloc[0]) if len(table) else "FID"
+    n_small = int(table.fid_small_images.iloc[0]) if len(table) else 0
+    for preset, rows in table.groupby("preset", sort=False):
+        twin = rows.same_as.fillna("").iloc[0]
+        style = {"linestyle": "--"} if twin else {}
+        name = f"{preset} (= {twin})" if twin else preset
+        axes[0].plot(rows.kimg, rows.afd, marker="o", label=name, **style)
+        axes[1].plot(rows.kimg, rows.fid_small, marker="o", label=name, **style)
+    axes[0].set(xlabel="thousand images shown to the critic", ylabel="AFD (higher is better)",
+                title="anime-face detection rate")
+    axes[1].set(xlabel="thousand images shown to the critic", ylabel=f"{label}, {n_small} images (lower is better)",
+                title=label + (": comparable only within this race" if "proxy" in label else ""))
+    axes[1].set_yscale("log")
+    axes[0].legend()
+    fig.tight_layout()
+    with atomic_path(out_png, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return out_png

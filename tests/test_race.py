@@ -1,0 +1,55 @@
+"""The race on a tiny budget: same budget per preset, twins reported once, CSV + PNG + a labelled proxy FID."""
+import subprocess
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import CASCADE, cli, needs_cascade
+from kaggle_gan.config import resolve
+from kaggle_gan.io import UserError
+from kaggle_gan.race import race, race_config
+
+
+def test_race_config_reduces_scale_and_keeps_each_recipe():
+    cfg = race_config("strong", 32, 16, 64, 7)
+    assert (cfg.model.resolution, cfg.model.g_width, cfg.model.d_width, cfg.train.seed) == (32, 16, 16, 7)
+    assert cfg.loss == resolve("strong").loss and cfg.optim == resolve("strong").optim
+
+
+@needs_cascade
+def test_race_trains_each_recipe_once_for_the_same_budget(prepared, tmp_path, capsys):
+    work = tmp_path / "race"
+    table = race(prepared, work, presets=["baseline", "medium", "boss"], kimg=0.064, points=2, width=8,
+                 batch_size=16, count=8, fid_count=4, ref_count=8, inception_weights="random:0",
+                 detector=str(CASCADE), device="cpu", progress=False)
+    out = capsys.readouterr().out
+    assert "proxy" in out and "same recipe as baseline" in out
+    assert (work / "race.png").stat().st_size > 0
+    csv = pd.read_csv(work / "race.csv")
+    assert list(csv.preset.unique()) == ["baseline", "medium", "boss"] and len(csv) == 6
+    assert (csv.groupby("preset").steps.max() == 4).all()  # 64 images / batch 16, for every preset
+    last = csv[csv.point == 2]
+    assert last.fid.notna().all() and csv[csv.point == 1].fid.isna().all()
+    base, medium = (last[last.preset == p].iloc[0] for p in ("baseline", "medium"))
+    assert medium.same_as == "baseline" and medium.afd == base.afd and medium.fid == base.fid
+    assert not (work / "runs" / "medium").exists()  # not trained twice
+    assert torch.load(work / "runs" / "boss" / "generator.pt", weights_only=True)["step"] == 4
+    assert (work / "runs" / "boss" / "point-0000004.json").is_file()  # scores kept for a re-run
+    assert len(table) == 6
+
+    # run again: every point is reused (no training), the numbers are the same
+    (work / "runs" / "boss" / "checkpoints" / "last.pt").unlink()
+    again = race(prepared, work, presets=["baseline", "medium", "boss"], kimg=0.064, points=2, width=8,
+                 batch_size=16, count=8, fid_count=4, ref_count=8, inception_weights="random:0",
+                 detector=str(CASCADE), device="cpu", progress=False)
+    assert not (work / "runs" / "boss" / "checkpoints" / "last.pt").exists()
+    pd.testing.assert_frame_equal(again.drop(columns="train_s"), table.drop(columns="train_s"))
+    with pytest.raises(UserError, match="holds a race with kimg=0.064"):
+        race(prepared, work, presets=["baseline"], kimg=0.128, points=2, width=8, batch_size=16, count=8,
+             fid_count=4, ref_count=8, inception_weights="random:0", detector=str(CASCADE), device="cpu")
+
+
+def test_race_command_is_listed():
+    out = subprocess.run(cli("race", "--help"), capture_output=True, text=True, check=True).stdout
+    assert "--kimg" in out and "--presets" in out
