@@ -98,22 +98,27 @@ class WGANLoss(GANLoss):
                 p.clamp_(-self.clip, self.clip)
 
 
-def gradient_penalty(D: nn.Module, real: Tensor, fake: Tensor, ctx: StepContext) -> Tensor:
-    """E[(||grad_x D(x)||_2 - 1)^2] at x = a*real + (1-a)*fake, one a ~ U(0,1) per image.
+def input_gradient(D: nn.Module, x: Tensor, ctx: StepContext) -> Tensor:
+    """grad_x sum(D(x)) in fp32, kept in the graph so a penalty on it can be minimised.
 
     Under fp16 the critic's output is scaled before differentiation (so small
     gradients survive in half precision) and the gradient is unscaled in fp32
-    before the norm: the penalty is the same number as in fp32.
+    afterwards: a penalty built on it is the same number as in fp32.
     """
+    x = x.detach().float().requires_grad_(True)
+    with ctx.autocast():
+        out = D(x)
+    one = torch.ones((), device=x.device)
+    (grad,) = torch.autograd.grad(ctx.scale(out.float().sum()), x, create_graph=True)
+    return grad.float() / ctx.scale(one)
+
+
+def gradient_penalty(D: nn.Module, real: Tensor, fake: Tensor, ctx: StepContext) -> Tensor:
+    """E[(||grad_x D(x)||_2 - 1)^2] at x = a*real + (1-a)*fake, one a ~ U(0,1) per image."""
     n = real.shape[0]
     alpha = torch.rand(n * ctx.world_size, 1, 1, 1, device=real.device, generator=ctx.generator)
     alpha = alpha[ctx.rank * n : (ctx.rank + 1) * n]
-    x = torch.lerp(fake.detach().float(), real.detach().float(), alpha).requires_grad_(True)
-    with ctx.autocast():
-        out = D(x)
-    one = torch.ones((), device=real.device)
-    (grad,) = torch.autograd.grad(ctx.scale(out.float().sum()), x, create_graph=True)
-    grad = grad.float() / ctx.scale(one)
+    grad = input_gradient(D, torch.lerp(fake.detach().float(), real.detach().float(), alpha), ctx)
     return (grad.flatten(1).norm(2, dim=1) - 1).pow(2).mean()
 
 
@@ -149,18 +154,8 @@ class HingeLoss(GANLoss):
 
 
 def r1_penalty(D: nn.Module, real: Tensor, ctx: StepContext) -> Tensor:
-    """E[||grad_x D(x)||^2] at the real images (Mescheder et al. 2018), a zero-centred penalty.
-
-    Same fp16 handling as :func:`gradient_penalty`: scaled before
-    differentiation, unscaled in fp32 before the norm.
-    """
-    x = real.detach().float().requires_grad_(True)
-    with ctx.autocast():
-        out = D(x)
-    one = torch.ones((), device=real.device)
-    (grad,) = torch.autograd.grad(ctx.scale(out.float().sum()), x, create_graph=True)
-    grad = grad.float() / ctx.scale(one)
-    return grad.flatten(1).pow(2).sum(dim=1).mean()
+    """E[||grad_x D(x)||^2] at the real images (Mescheder et al. 2018), a zero-centred penalty."""
+    return input_gradient(D, real, ctx).flatten(1).pow(2).sum(dim=1).mean()
 
 
 class WithR1(GANLoss):
