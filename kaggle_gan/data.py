@@ -378,6 +378,32 @@ def iter_image_files(folder: Path) -> List[Path]:
     )
 
 
+def decode_files(files: Sequence[Path], size: int, resample: str = "bilinear", where: str = "the folder"):
+    """Image files -> (names, (N, size, size, 3) uint8 prepared like the training data, original (w, h) each).
+
+    A file that is not a usable image is a :class:`UserError` naming the first
+    few culprits: scoring or searching half a folder would mislead.
+    """
+    from PIL import Image
+
+    names, arrays, dims, bad = [], [], [], []
+    for path in map(Path, files):
+        try:
+            data = path.read_bytes()
+            with Image.open(_io.BytesIO(data)) as img:
+                original = img.size
+            arrays.append(decode_image(data, size, resample))
+        except Exception as err:  # PIL raises many kinds for a bad file
+            bad.append(f"{path.name} ({str(err) or type(err).__name__})")
+            continue
+        names.append(path.name)
+        dims.append(original)
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise UserError(f"{len(bad)} of {len(files)} files in {where} are not images: {shown}; remove them")
+    return names, np.stack(arrays), dims
+
+
 class DeviceImages:
     """The prepared uint8 images held on the training device, served as float batches.
 

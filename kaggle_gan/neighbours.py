@@ -411,7 +411,7 @@ def leave_one_out_top1(
 
 def load_queries(path: Path, size: int, resample: str = "bilinear") -> Tuple[List[str], np.ndarray]:
     """A folder of images or one image file -> names and (Q, size, size, 3) uint8, prepared like the training data."""
-    from .data import decode_image, iter_image_files
+    from .data import decode_files, iter_image_files
 
     path = Path(path)
     if path.is_dir():
@@ -423,17 +423,8 @@ def load_queries(path: Path, size: int, resample: str = "bilinear") -> Tuple[Lis
     else:
         raise UserError(f"images not found: {path}; pass --images a folder of images or one image file "
                         "(or generate the run's images first: make generate)")
-    names, arrays, bad = [], [], []
-    for f in files:
-        try:
-            arrays.append(decode_image(f.read_bytes(), size, resample))
-            names.append(f.name)
-        except (ValueError, OSError) as err:
-            bad.append(f"{f.name} ({err})")
-    if bad:
-        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        raise UserError(f"{len(bad)} of {len(files)} files in {path} are not images: {shown}; remove them")
-    return names, np.stack(arrays)
+    names, images, _ = decode_files(files, size, resample, where=str(path))
+    return names, images
 
 
 # --- the contact sheet -------------------------------------------------------

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import math
 import re
 import time
@@ -56,9 +55,7 @@ def load_image_folder(folder: Path, size: int, resample: str = "bilinear") -> Tu
     listing the culprits); images of another size than ``size`` are brought to
     it the way the training data was prepared.
     """
-    from PIL import Image
-
-    from .data import decode_image, iter_image_files
+    from .data import decode_files, iter_image_files
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -66,30 +63,15 @@ def load_image_folder(folder: Path, size: int, resample: str = "bilinear") -> Tu
     files = iter_image_files(folder)
     if not files:
         raise UserError(f"{folder} holds no files; generate images first (make generate)")
-    bad, sizes, decoded = [], Counter(), []
-    example = {}
-    for path in files:
-        try:
-            data = path.read_bytes()
-            with Image.open(io.BytesIO(data)) as img:
-                dims = img.size
-            arr = decode_image(data, size, resample)
-        except (ValueError, OSError) as err:
-            bad.append(f"{path.name} ({str(err) or type(err).__name__})")
-            continue
-        sizes[dims] += 1
-        example.setdefault(dims, path.name)
-        decoded.append((path.name, arr))
-    if bad:
-        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        raise UserError(f"{len(bad)} of {len(files)} files in {folder} are not images: {shown}; remove them")
+    names, images, dims = decode_files(files, size, resample, where=str(folder))
+    sizes = Counter(dims)
     if len(sizes) > 1:
+        example = {d: n for n, d in zip(names[::-1], dims[::-1])}
         listing = ", ".join(f"{w}x{h}: {c} files (e.g. {example[(w, h)]})" for (w, h), c in sizes.most_common())
         raise UserError(f"mixed image sizes in {folder} ({listing}); every image must have the same size")
     (w, h), = sizes.keys()
     note = {"original_size": [w, h], "resized": (w, h) != (size, size)}
-    names = [n for n, _ in decoded]
-    return names, np.stack([a for _, a in decoded]), note
+    return names, images, note
 
 
 # --- verdicts and anchors --------------------------------------------------------

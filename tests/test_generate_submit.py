@@ -3,7 +3,6 @@ import zipfile
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from kaggle_gan.config import resolve
