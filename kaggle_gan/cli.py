@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from . import race as race_defaults  # the race's defaults (light: no torch, numpy or pandas)
 from .io import UserError
 
 DEFAULT_WORK = "work"
@@ -167,18 +168,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", help="prepared data folder (default: WORK/data)")
     s.add_argument("--out", help="race folder (default: WORK/race)")
     s.add_argument("--presets", default="baseline,medium,wgan,strong,boss", help="comma-separated (default: %(default)s)")
-    s.add_argument("--kimg", type=float, default=64.0, help="thousand images shown to each critic (default: %(default)s)")
-    s.add_argument("--points", type=int, default=4, help="evaluation points along the budget (default: %(default)s)")
-    s.add_argument("--resolution", type=int, default=32, help="training side in pixels (default: %(default)s)")
-    s.add_argument("--width", type=int, default=32, help="g_width and d_width (default: %(default)s)")
+    s.add_argument("--kimg", type=float, default=race_defaults.DEFAULT_KIMG, help="thousand images shown to each critic (default: %(default)s)")
+    s.add_argument("--points", type=int, default=race_defaults.DEFAULT_POINTS, help="evaluation points along the budget (default: %(default)s)")
+    s.add_argument("--resolution", type=int, default=race_defaults.DEFAULT_RESOLUTION, help="training side in pixels (default: %(default)s)")
+    s.add_argument("--width", type=int, default=race_defaults.DEFAULT_WIDTH, help="g_width and d_width (default: %(default)s)")
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--seed", type=int, default=2022)
-    s.add_argument("--count", type=int, default=1000, help="images generated at each point (default: %(default)s)")
+    s.add_argument("--count", type=int, default=race_defaults.DEFAULT_COUNT, help="images generated at each point (default: %(default)s)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override for every preset, for ablations, e.g. --set train.augment= (repeatable)")
-    s.add_argument("--fid-count", type=int, default=250, help="of them, scored by FID along the curve "
+    s.add_argument("--fid-count", type=int, default=race_defaults.DEFAULT_FID_COUNT, help="of them, scored by FID along the curve "
                    "(all --count at the last point too) (default: %(default)s)")
-    s.add_argument("--ref-count", type=int, default=2000, help="training images in the FID reference (default: %(default)s)")
+    s.add_argument("--ref-count", type=int, default=race_defaults.DEFAULT_REF_COUNT, help="training images in the FID reference (default: %(default)s)")
     s.add_argument("--inception-weights", help="Inception weights file, or random:SEED (default: the cached "
                    "weights, else random:0, a proxy)")
     s.add_argument("--detector", help="lbpcascade_animeface.xml path (offline machines)")

@@ -20,17 +20,18 @@ class StepContext:
     """What a loss may need from the loop besides the networks and images.
 
     ``autocast`` opens the mixed-precision region (a null context in fp32);
-    ``scale`` multiplies a loss by the fp16 gradient scale (identity
-    otherwise), so a penalty can undo it; ``generator`` draws its randomness.
-    Under DDP every rank's ``generator`` is in the same state and the batch
-    is rank ``rank``'s slice of ``world_size`` equal slices: a loss draws for
-    the whole global batch and keeps its slice, so ranks draw independent
-    values and the same ones a single process would.
+    ``fp16`` says the loop trains in float16 with gradient scaling, where
+    penalties on input gradients run in fp32 (see :func:`input_gradient`);
+    ``generator`` draws its randomness. Under DDP every rank's ``generator``
+    is in the same state and the batch is rank ``rank``'s slice of
+    ``world_size`` equal slices: a loss draws for the whole global batch and
+    keeps its slice, so ranks draw independent values and the same ones a
+    single process would.
     """
 
     generator: Optional[torch.Generator] = None
     autocast: Callable[[], ContextManager] = contextlib.nullcontext
-    scale: Callable[[Tensor], Tensor] = field(default=lambda t: t)
+    fp16: bool = False
     rank: int = 0
     world_size: int = 1
 
@@ -101,16 +102,17 @@ class WGANLoss(GANLoss):
 def input_gradient(D: nn.Module, x: Tensor, ctx: StepContext) -> Tensor:
     """grad_x sum(D(x)) in fp32, kept in the graph so a penalty on it can be minimised.
 
-    Under fp16 the critic's output is scaled before differentiation (so small
-    gradients survive in half precision) and the gradient is unscaled in fp32
-    afterwards: a penalty built on it is the same number as in fp32.
+    In bf16 the pass runs under autocast like the rest of the step. In fp16
+    it runs in fp32: a gradient of a gradient in half precision overflows,
+    the gradient scaler then skips step after step and shrinks its scale
+    until the input gradient underflows to zero (seen on an H100: WGAN-GP's
+    penalty read exactly 1, ||grad|| = 0, within 200 steps, then diverged).
     """
     x = x.detach().float().requires_grad_(True)
-    with ctx.autocast():
+    with contextlib.nullcontext() if ctx.fp16 else ctx.autocast():
         out = D(x)
-    one = torch.ones((), device=x.device)
-    (grad,) = torch.autograd.grad(ctx.scale(out.float().sum()), x, create_graph=True)
-    return grad.float() / ctx.scale(one)
+    (grad,) = torch.autograd.grad(out.float().sum(), x, create_graph=True)
+    return grad.float()
 
 
 def gradient_penalty(D: nn.Module, real: Tensor, fake: Tensor, ctx: StepContext) -> Tensor:

@@ -86,11 +86,12 @@ class Precision:
 
 
 def choose_precision(amp: str, device: torch.device) -> Precision:
-    """bf16 where the GPU supports it, fp16 (with gradient scaling) otherwise; fp32 on CPU."""
+    """bf16 on GPUs with bf16 tensor cores (compute capability 8.0+: A100, H100, RTX 30xx+), fp16 with
+    gradient scaling on older ones (T4, P100, V100, where bf16 is emulated and slow); fp32 on CPU."""
     if device.type != "cuda" or amp == "off":
         return Precision(None)
     if amp == "auto":
-        return Precision(torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+        return Precision(torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16)
     return Precision({"bf16": torch.bfloat16, "fp16": torch.float16}[amp])
 
 
@@ -159,11 +160,11 @@ class Trainer:
         self.opt_G = make_optimizer(self.G.parameters(), cfg, cfg.optim.lr_g, self.device)
         self.opt_D = make_optimizer(self.D.parameters(), cfg, cfg.optim.lr_d, self.device)
         self.precision = choose_precision(t.amp, self.device)
-        scaled = self.precision.dtype == torch.float16
-        self.scaler_G = torch.amp.GradScaler("cuda", enabled=scaled)
-        self.scaler_D = torch.amp.GradScaler("cuda", enabled=scaled)
+        self.scaled = self.precision.dtype == torch.float16
+        self.scaler_G = torch.amp.GradScaler("cuda", enabled=self.scaled)
+        self.scaler_D = torch.amp.GradScaler("cuda", enabled=self.scaled)
         self.gen = torch.Generator(self.device).manual_seed(t.seed)
-        self.ctx = StepContext(self.gen, self.precision.autocast, self.scaler_D.scale, self.world.rank, self.world.size)
+        self.ctx = StepContext(self.gen, self.precision.autocast, self.scaled, self.world.rank, self.world.size)
         self.step, self.elapsed = 0, 0.0
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
@@ -277,7 +278,7 @@ class Trainer:
         self.scaler_G.load_state_dict(state["scaler_G"])
         self.scaler_D.load_state_dict(state["scaler_D"])
         torch.set_rng_state(state["rng"]["torch"].cpu())
-        self.gen.set_state(state["rng"]["loop"].cpu() if self.device.type == "cpu" else state["rng"]["loop"])
+        self.gen.set_state(state["rng"]["loop"].cpu())  # a CUDA generator's state is a CPU ByteTensor too
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
         self.step, self.elapsed = state["step"], state["elapsed"]
@@ -362,7 +363,7 @@ class Trainer:
             bar = tqdm(total=self.total_steps, initial=self.step, unit="step", desc=f"train {self.run_dir.name}",
                        disable=not (self.progress and main))
             sums: Dict[str, torch.Tensor] = {}
-            counts: Dict[str, int] = {}
+            counts: Dict[str, torch.Tensor] = {}
             window_start, window_step = time.perf_counter(), self.step
             last_ckpt = time.monotonic()
             order, order_epoch = None, -1
@@ -374,9 +375,14 @@ class Trainer:
                     order, order_epoch = epoch_order(t.seed, epoch, len(self.data)).to(self.data.device), epoch
                 stats = self.train_step(self._batch(order, position))
                 for k, v in stats.items():
+                    # Under fp16 the gradient scaler skips the steps whose gradients overflowed (and lowers
+                    # its scale); their losses are inf/NaN by design and are left out of the log's means.
+                    # A window with no finite value left is divergence all the same (caught below).
+                    kept = torch.isfinite(v) if self.scaled else torch.ones((), dtype=torch.bool, device=v.device)
+                    v = torch.where(kept, v, torch.zeros_like(v))
                     sums[k] = sums[k] + v if k in sums else v.clone()
-                    counts[k] = counts.get(k, 0) + 1
-                if not t.fast:  # the sample code's habit: read every loss back at once
+                    counts[k] = counts[k] + kept if k in counts else kept.to(torch.int64)
+                if not (t.fast or self.scaled):  # the sample code's habit: read every loss back at once
                     _check_finite({k: v.item() for k, v in stats.items()}, self.step)
                 self.step += 1
                 bar.update(1)

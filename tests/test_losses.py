@@ -25,14 +25,21 @@ def test_gradient_penalty_of_a_linear_critic_is_closed_form():
     assert torch.allclose(gp, (w.norm() - 1) ** 2, rtol=1e-5)
 
 
-def test_gradient_penalty_ignores_the_fp16_loss_scale():
-    """The penalty is computed on unscaled gradients: a loss scale must not change its value."""
-    w = torch.randn(3, 4, 4)
+def test_gradient_penalty_runs_in_fp32_when_training_in_fp16():
+    """Under fp16 training the penalty's double backward leaves autocast: the closed form holds to fp32 accuracy.
+
+    CPU autocast in bfloat16 stands in for the GPU's half precision: inside it the
+    linear layer's input gradient is rounded, outside it (``fp16=True``) it is exact.
+    """
+    torch.manual_seed(0)
+    D = nn.Sequential(nn.Flatten(), nn.Linear(48, 1))
     real, fake = torch.randn(5, 3, 4, 4), torch.randn(5, 3, 4, 4)
-    plain = gradient_penalty(Linear(w), real, fake, StepContext(torch.Generator().manual_seed(1)))
-    scaled = gradient_penalty(Linear(w), real, fake,
-                              StepContext(torch.Generator().manual_seed(1), scale=lambda t: t * 65536.0))
-    assert torch.allclose(plain, scaled, rtol=1e-5)
+    exact = (D[1].weight.norm() - 1) ** 2
+    half = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+    in_fp32 = gradient_penalty(D, real, fake, StepContext(torch.Generator().manual_seed(1), half, fp16=True))
+    rounded = gradient_penalty(D, real, fake, StepContext(torch.Generator().manual_seed(1), half, fp16=False))
+    assert torch.allclose(in_fp32, exact, rtol=1e-6)
+    assert not torch.allclose(rounded, exact, rtol=1e-6)
 
 
 def test_gradient_penalty_draws_one_mixing_weight_per_image():
