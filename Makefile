@@ -122,7 +122,7 @@ neighbours: $(if $(QUERY),$(INSTALLED),$(IMAGES))
 		$(if $(BACKBONE),--backbone '$(BACKBONE)') $(if $(WEIGHTS),--weights '$(WEIGHTS)')
 
 # every preset for the same images shown to the critic, scored along the way (FID: the cached Inception
-# weights, else random:0, a labelled proxy). GPU, full scale: RACE_ARGS='--resolution 64 --width 64 --kimg 2000'
+# weights, else random:0, a labelled proxy). GPU, full scale: RACE_ARGS='--resolution 64 --width 64 --kimg 2000 --count 1000'
 RACE_ARGS ?=
 race: $(PREPARED)
 	$(KG) race --work '$(WORK)' --device $(DEVICE) $(if $(INCEPTION),--inception-weights '$(INCEPTION)') \
