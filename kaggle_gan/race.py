@@ -201,7 +201,7 @@ def race(
     print(f"\nrace: {total_steps * batch_size / 1000:.1f}k images shown per preset, {resolution}px, width {width}; "
           f"{(time.perf_counter() - started) / 60:.1f} min after the reference statistics")
     print(final.to_string(index=False))
-    print(f"for scale: {ref.holdout} held-out real images score {label} {ref.floor:.1f} against the same reference")
+    print(f"for scale: {ref.holdout} held-out real images score {label} {ref.floor:.3g} against the same reference")
     if model.weights.is_random:
         print(f"note: {label} uses randomly initialised Inception weights: a proxy, comparable only within one "
               "race (same weights, same reference statistics), never with published FIDs")
