@@ -15,7 +15,7 @@ import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
@@ -32,11 +32,17 @@ _SKIP_NAMES = re.compile(r"(^|/)(__MACOSX/|\.DS_Store$|Thumbs\.db$)")
 
 @dataclass(frozen=True)
 class Prepared:
-    """A prepared data folder: ``images`` is (N, H, W, 3) uint8, memory-mapped."""
+    """A prepared data folder: ``images`` is (N, H, W, 3) uint8, memory-mapped; ``labels`` (N,) int64
+    class indices into ``classes`` (the class names), or None for unlabelled data."""
 
     folder: Path
     images: np.ndarray
     meta: dict
+    labels: Optional[np.ndarray] = None
+
+    @property
+    def classes(self) -> List[str]:
+        return list(self.meta.get("classes", []))
 
     @property
     def files(self) -> List[str]:
@@ -366,7 +372,8 @@ def load_prepared(folder: Path) -> Prepared:
     if not (folder / "prepare.json").is_file() or not (folder / "images.npy").is_file():
         raise UserError(f"{folder} holds no prepared data; run `make prepare` (kaggle-gan prepare) first")
     meta = read_json(folder / "prepare.json")
-    return Prepared(folder, np.load(folder / "images.npy", mmap_mode="r"), meta)
+    labels = np.load(folder / "labels.npy") if meta.get("labels_sha256") else None
+    return Prepared(folder, np.load(folder / "images.npy", mmap_mode="r"), meta, labels)
 
 
 def iter_image_files(folder: Path) -> List[Path]:
@@ -404,33 +411,95 @@ def decode_files(files: Sequence[Path], size: int, resample: str = "bilinear", w
     return names, np.stack(arrays), dims
 
 
-class DeviceImages:
-    """The prepared uint8 images held on the training device, served as float batches.
+class Batch(NamedTuple):
+    """What a data source serves the training loop: inputs ``x`` and, for labelled data, class indices ``y`` (B,)."""
 
+    x: "torch.Tensor"  # noqa: F821
+    y: Optional["torch.Tensor"] = None  # noqa: F821
+
+
+def fixed_noise(n: int, z_dim: int, seed: int) -> "torch.Tensor":  # noqa: F821
+    """(n, z_dim) standard normal noise drawn on the CPU from ``seed``: the same on every device and call."""
+    import torch
+
+    return torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed))
+
+
+class Source(Protocol):
+    """What the training loop needs from its data (see :class:`DeviceImages`, :class:`kaggle_gan.toy.Points`)."""
+
+    device: "torch.device"  # noqa: F821
+    classes: int  # 0 = unlabelled
+    sha256: str  # identity of the data: a resumed run must see the same
+
+    def __len__(self) -> int: ...
+
+    def batch(self, index: "torch.Tensor", generator: "torch.Generator", keep: slice = slice(None)) -> Batch:  # noqa: F821
+        """Examples ``index`` of the epoch's order (randomness for all of them from ``generator``), rows ``keep``."""
+
+    def fixed_inputs(self, z_dim: int, seed: int) -> Batch:
+        """The noise (B, z_dim) and labels the run's pictures are drawn from, the same at every call."""
+
+    def picture(self, fake: "torch.Tensor", critic: "torch.nn.Module", path: Path) -> None:  # noqa: F821
+        """Draw the generator's output for ``fixed_inputs`` (and the critic, where it can be drawn) to ``path``."""
+
+
+class DeviceImages:
+    """The prepared uint8 images (and their labels) held on the training device, served as float batches.
+
+    The training loop's image source. A source offers ``len()``, ``device``,
+    ``classes`` (0 = unlabelled), ``sha256`` (what a resumed run must match),
+    ``batch(index, generator, keep)``, ``fixed_inputs(z_dim, seed)`` and
+    ``picture(fake, critic, path)``; :class:`kaggle_gan.toy.Points` is the other one.
     Sampling, flipping and normalising happen on the device; the host only
     hands over an index tensor.
     """
 
-    def __init__(self, images: np.ndarray, device, channels_last: bool = False):
+    def __init__(self, images: np.ndarray, device, channels_last: bool = False, labels: Optional[np.ndarray] = None,
+                 classes: int = 0, flip: bool = True, sha256: str = ""):
         import torch
 
         self.device = torch.device(device)
         data = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2)  # (N, 3, H, W) uint8, a writable copy
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.data = data.contiguous(memory_format=memory_format).to(self.device)
-        self.channels_last = channels_last
+        self.labels = None if labels is None else torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(self.device)
+        self.channels_last, self.classes, self.flip, self.sha256 = channels_last, classes, flip, sha256
 
     def __len__(self) -> int:
         return self.data.shape[0]
 
-    def batch(self, index, flip) -> "torch.Tensor":  # noqa: F821
-        """``index`` (B,) long, ``flip`` (B,) bool -> (B, 3, H, W) float32 in [-1, 1]."""
+    def batch(self, index, generator, keep: slice = slice(None)) -> Batch:
+        """``index`` (B,) long -> (B', 3, H, W) float32 in [-1, 1] (and labels), B' = the ``keep`` slice of B.
+
+        Flips are drawn from ``generator`` for the whole batch before slicing, so every
+        rank under DDP draws the same and a resumed run draws what the unbroken one did.
+        """
         import torch
 
-        x = self.data.index_select(0, index.to(self.device, non_blocking=True))
-        x = torch.where(flip.to(self.device).view(-1, 1, 1, 1), x.flip(3), x)
+        if self.flip:
+            flip = (torch.rand(len(index), device=generator.device, generator=generator) < 0.5)[keep]
+        index = index[keep].to(self.device, non_blocking=True)
+        x = self.data.index_select(0, index)
+        if self.flip:
+            x = torch.where(flip.to(self.device).view(-1, 1, 1, 1), x.flip(3), x)
         x = x.float().mul_(2.0 / 255.0).sub_(1.0)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        return Batch(x, None if self.labels is None else self.labels.index_select(0, index))
 
+    def fixed_inputs(self, z_dim: int, seed: int) -> Batch:
+        """The noise (and labels) of the run's sample grids: 64 images, or 8 a class with one row per class."""
+        import torch
+
+        if not self.classes:
+            return Batch(fixed_noise(64, z_dim, seed))
+        z = fixed_noise(8, z_dim, seed).repeat(self.classes, 1)  # the same 8 noises in every row
+        return Batch(z, torch.arange(self.classes).repeat_interleave(8))
+
+    def picture(self, fake, critic, path: Path) -> None:
+        """Save ``fake`` (B, 3, H, W) in [-1, 1] as a grid 8 wide (a row per class for labelled data)."""
+        from torchvision.utils import save_image
+
+        with atomic_path(path, suffix=".png") as tmp:
+            save_image(fake.float(), tmp, nrow=8, normalize=True, value_range=(-1, 1))
