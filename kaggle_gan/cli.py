@@ -70,6 +70,17 @@ def _race(a):
          ref_count=a.ref_count, inception_weights=a.inception_weights, detector=a.detector, device=a.device)
 
 
+def _toy(a):
+    from .config import parse_set
+    from .toy import describe, toy
+
+    if a.presets:
+        print(describe())
+        return
+    toy(Path(a.out or Path(a.work) / "toy"), mixtures=[m for m in a.mixtures.split(",") if m],
+        losses=[x for x in a.losses.split(",") if x], overrides=parse_set(a.set), checkpoints=a.checkpoints, device=a.device)
+
+
 def _leaderboard(a):
     from .score import format_leaderboard, leaderboard
 
@@ -183,6 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "weights, else random:0, a proxy)")
     s.add_argument("--detector", help="lbpcascade_animeface.xml path (offline machines)")
     s.add_argument("--device", default="auto")
+
+    s = command("toy", _toy, "2-D mixture of Gaussians: every loss, pictures per checkpoint, mode coverage")
+    s.add_argument("--out", help="output folder (default: WORK/toy)")
+    s.add_argument("--mixtures", default="ring8", help="comma-separated: ring8, grid25 (default: %(default)s)")
+    s.add_argument("--losses", default="bce,wgan,wgan-gp,hinge", help="comma-separated (default: %(default)s)")
+    s.add_argument("--checkpoints", type=int, default=4, help="checkpoints (pictures) per run (default: %(default)s)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override for every loss, e.g. --set train.max_steps=2000 (repeatable)")
+    s.add_argument("--presets", action="store_true", help="print the toy presets and exit")
+    s.add_argument("--device", default="cpu", help="cpu (default: the MLPs are too small for a GPU to help) or cuda")
 
     command("leaderboard", _leaderboard, "every scored run, best first")
     command("presets", _presets, "list the presets and what each changes")

@@ -116,7 +116,8 @@ def input_gradient(D: nn.Module, x: Tensor, ctx: StepContext) -> Tensor:
 def gradient_penalty(D: nn.Module, real: Tensor, fake: Tensor, ctx: StepContext) -> Tensor:
     """E[(||grad_x D(x)||_2 - 1)^2] at x = a*real + (1-a)*fake, one a ~ U(0,1) per image."""
     n = real.shape[0]
-    alpha = torch.rand(n * ctx.world_size, 1, 1, 1, device=real.device, generator=ctx.generator)
+    # one weight per example, broadcast over the rest: (n, 1, 1, 1) for images, (n, 1) for points
+    alpha = torch.rand(n * ctx.world_size, *[1] * (real.dim() - 1), device=real.device, generator=ctx.generator)
     alpha = alpha[ctx.rank * n : (ctx.rank + 1) * n]
     grad = input_gradient(D, torch.lerp(fake.detach().float(), real.detach().float(), alpha), ctx)
     return (grad.flatten(1).norm(2, dim=1) - 1).pow(2).mean()

@@ -546,11 +546,11 @@ def plot_losses(log_csv: Path, out_png: Path) -> Optional[Path]:
     return out_png
 
 
-def train(cfg: Config, data_dir: Path, run_dir: Path, device: str = "auto", resume: bool = True,
+def train(cfg: Config, data: Union[str, Path, Source], run_dir: Path, device: str = "auto", resume: bool = True,
           progress: bool = True) -> Path:
-    """Train (or resume) the run in ``run_dir`` on prepared data; returns the path of ``generator.pt``.
+    """Train (or resume) the run in ``run_dir`` on prepared data (or a source); returns the path of ``generator.pt``.
 
     Under ``torchrun`` each process joins the group, trains its share of every batch, and only rank 0 writes.
     """
     with distributed.process_group(device):
-        return Trainer(cfg, data_dir, run_dir, device, resume, progress).run()
+        return Trainer(cfg, data, run_dir, device, resume, progress).run()
