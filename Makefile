@@ -136,6 +136,13 @@ TOY_ARGS ?=
 toy: $(INSTALLED)
 	$(KG) toy --work '$(WORK)' $(TOY_ARGS)
 
+# class-conditional GAN on scikit-learn's bundled digits (CGAN_DATA=folder of class_name/*.jpg for your own),
+# graded by a classifier trained on the real images; a re-run resumes
+CGAN_DATA ?= digits
+CGAN_ARGS ?=
+cgan: $(INSTALLED)
+	$(KG) cgan --work '$(WORK)' --data '$(CGAN_DATA)' --device $(DEVICE) $(CGAN_ARGS)
+
 leaderboard: $(INSTALLED)
 	$(KG) leaderboard --work '$(WORK)'
 

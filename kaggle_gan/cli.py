@@ -15,7 +15,7 @@ def _prepare(a):
     from .data import prepare
 
     prepare(a.data, Path(a.out or Path(a.work) / "data"), size=a.size, resample=a.filter, workers=a.workers,
-            force=a.force)
+            force=a.force, labels=a.labels)
 
 
 def _train(a):
@@ -81,6 +81,17 @@ def _toy(a):
         losses=[x for x in a.losses.split(",") if x], overrides=parse_set(a.set), checkpoints=a.checkpoints, device=a.device)
 
 
+def _cgan(a):
+    from .cgan import cgan, describe
+    from .config import parse_set
+
+    if a.presets:
+        print(describe())
+        return
+    cgan(Path(a.out or Path(a.work) / "cgan"), data=a.data, labels=a.labels, overrides=parse_set(a.set),
+         per_class=a.per_class, device=a.device, cache=Path(a.work) / "cache" / "classifier")
+
+
 def _leaderboard(a):
     from .score import format_leaderboard, leaderboard
 
@@ -118,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--filter", default="bilinear", help="resize filter: bilinear, bicubic, lanczos, box")
     s.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
     s.add_argument("--force", action="store_true", help="prepare again even if up to date")
+    s.add_argument("--labels", help="labelled data for a conditional GAN: 'folders' (DATA/class_name/*.jpg) "
+                   "or a CSV of filename,label rows")
 
     s = command("train", _train, "train a preset (resumes an interrupted run)")
     s.add_argument("--preset", default="baseline", help="baseline, medium, wgan, strong, boss, smoke")
@@ -204,6 +217,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override for every loss, e.g. --set train.max_steps=2000 (repeatable)")
     s.add_argument("--presets", action="store_true", help="print the toy presets and exit")
     s.add_argument("--device", default="cpu", help="cpu (default: the MLPs are too small for a GPU to help) or cuda")
+
+    s = command("cgan", _cgan, "class-conditional GAN on labelled images, graded by a classifier trained on real ones")
+    s.add_argument("--data", default="digits", help="'digits' (scikit-learn's, bundled), or a folder/zip of "
+                   "class_name/*.jpg, or images with --labels FILE.csv (default: %(default)s)")
+    s.add_argument("--labels", help="folders (default for --data other than digits) or a CSV of filename,label rows")
+    s.add_argument("--out", help="output folder (default: WORK/cgan)")
+    s.add_argument("--per-class", type=int, default=100, help="generated images graded per class (default: %(default)s)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --set loss.aux_weight=0.5 --set loss.name=wgan-gp (repeatable)")
+    s.add_argument("--presets", action="store_true", help="print the cgan preset and exit")
+    s.add_argument("--device", default="auto")
 
     command("leaderboard", _leaderboard, "every scored run, best first")
     command("presets", _presets, "list the presets and what each changes")
