@@ -43,7 +43,7 @@ SCORES   := $(RUN_DIR)/scores.json
 SUBMISSION ?= submission
 ARCHIVE  := $(SUBMISSION)/$(RUN)/images.$(FORMAT)
 
-.PHONY: help setup prepare baseline medium wgan strong boss race train generate submit score neighbours leaderboard presets test smoke bench wheel always
+.PHONY: help setup prepare baseline medium wgan strong boss race toy cgan train generate submit score neighbours leaderboard presets test smoke bench wheel always
 
 help:
 	@echo "Targets:"
@@ -61,6 +61,8 @@ help:
 	@echo "  score       FID + anime-face detection rate of RUN's images, with HW6 verdicts"
 	@echo "  neighbours  nearest training images of RUN's images (or QUERY=folder|file): copies?"
 	@echo "  race        every preset, same data, same images shown (32px on CPU, <30 min) -> $(WORK)/race/race.csv, .png"
+	@echo "  toy         2-D ring of 8 Gaussians, every loss: pictures per checkpoint, mode coverage -> $(WORK)/toy/"
+	@echo "  cgan        class-conditional GAN on sklearn's digits (or CGAN_DATA), graded by a classifier -> $(WORK)/cgan/"
 	@echo "  leaderboard every scored run, best first"
 	@echo "  presets     what each preset changes, and why"
 	@echo "  test        run the test suite"
@@ -76,6 +78,7 @@ help:
 	@echo "  INCEPTION=path|random:SEED  DETECTOR=path   (offline scoring)"
 	@echo "  BACKBONE=clip|inception|timm-name  WEIGHTS=path|random:SEED  QUERY=folder|file  K=$(K)   (neighbours)"
 	@echo "  GPUS=$(GPUS)   N: train on N GPUs with torchrun + DDP (the batch is split N ways)"
+	@echo "  TOY_ARGS='$(TOY_ARGS)'  e.g. '--mixtures ring8,grid25 --losses wgan-gp'   CGAN_ARGS='$(CGAN_ARGS)'"
 
 setup: $(INSTALLED)
 $(INSTALLED): pyproject.toml
@@ -127,6 +130,18 @@ RACE_ARGS ?=
 race: $(PREPARED)
 	$(KG) race --work '$(WORK)' --device $(DEVICE) $(if $(INCEPTION),--inception-weights '$(INCEPTION)') \
 		$(if $(DETECTOR),--detector '$(DETECTOR)') $(RACE_ARGS)
+
+# every loss on the 2-D ring of 8 Gaussians with the one training loop (CPU, ~3 min); a re-run resumes
+TOY_ARGS ?=
+toy: $(INSTALLED)
+	$(KG) toy --work '$(WORK)' $(TOY_ARGS)
+
+# class-conditional GAN on scikit-learn's bundled digits (CGAN_DATA=folder of class_name/*.jpg for your own),
+# graded by a classifier trained on the real images; a re-run resumes
+CGAN_DATA ?= digits
+CGAN_ARGS ?=
+cgan: $(INSTALLED)
+	$(KG) cgan --work '$(WORK)' --data '$(CGAN_DATA)' --device $(DEVICE) $(CGAN_ARGS)
 
 leaderboard: $(INSTALLED)
 	$(KG) leaderboard --work '$(WORK)'

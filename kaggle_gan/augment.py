@@ -106,7 +106,8 @@ class AugmentedCritic(nn.Module):
         self.names = parse_policy(policy)
         self.generator = generator
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, *labels, **kw) -> Tensor:
+        """``labels`` and keywords (a conditional critic's ``y``, ``logits=``) pass through untouched."""
         for name in self.names:
             x = TRANSFORMS[name](x, self.generator)
-        return self.critic(x)
+        return self.critic(x, *labels, **kw)

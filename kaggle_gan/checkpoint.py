@@ -150,9 +150,13 @@ def load_latest(folder: Path, map_location: str = "cpu") -> Optional[Dict[str, A
 
 def check_compatible(saved: Dict[str, Any], wanted: Dict[str, Any], path: str) -> None:
     """Refuse to resume a checkpoint whose model, loss or optimiser differs from the requested config."""
+    from .config import Config
+
+    defaults = Config().to_dict()
     for group in ("model", "loss", "optim"):
         for key, value in wanted[group].items():
-            old = saved.get(group, {}).get(key)
+            # a key added after the checkpoint was written held its default then
+            old = saved.get(group, {}).get(key, defaults[group][key])
             if old != value:
                 raise UserError(
                     f"{path} was trained with {group}.{key}={old!r}, not {value!r}; "

@@ -16,7 +16,7 @@ def _prepare(a):
     from .data import prepare
 
     prepare(a.data, Path(a.out or Path(a.work) / "data"), size=a.size, resample=a.filter, workers=a.workers,
-            force=a.force)
+            force=a.force, labels=a.labels)
 
 
 def _train(a):
@@ -71,6 +71,28 @@ def _race(a):
          ref_count=a.ref_count, inception_weights=a.inception_weights, detector=a.detector, device=a.device)
 
 
+def _toy(a):
+    from .config import parse_set
+    from .toy import describe, toy
+
+    if a.presets:
+        print(describe())
+        return
+    toy(Path(a.out or Path(a.work) / "toy"), mixtures=[m for m in a.mixtures.split(",") if m],
+        losses=[x for x in a.losses.split(",") if x], overrides=parse_set(a.set), checkpoints=a.checkpoints, device=a.device)
+
+
+def _cgan(a):
+    from .cgan import cgan, describe
+    from .config import parse_set
+
+    if a.presets:
+        print(describe())
+        return
+    cgan(Path(a.out or Path(a.work) / "cgan"), data=a.data, labels=a.labels, overrides=parse_set(a.set),
+         per_class=a.per_class, device=a.device, cache=Path(a.work) / "cache" / "classifier")
+
+
 def _leaderboard(a):
     from .score import format_leaderboard, leaderboard
 
@@ -108,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--filter", default="bilinear", help="resize filter: bilinear, bicubic, lanczos, box")
     s.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
     s.add_argument("--force", action="store_true", help="prepare again even if up to date")
+    s.add_argument("--labels", help="labelled data for a conditional GAN: 'folders' (DATA/class_name/*.jpg) "
+                   "or a CSV of filename,label rows")
 
     s = command("train", _train, "train a preset (resumes an interrupted run)")
     s.add_argument("--preset", default="baseline", help="baseline, medium, wgan, strong, boss, smoke")
@@ -183,6 +207,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--inception-weights", help="Inception weights file, or random:SEED (default: the cached "
                    "weights, else random:0, a proxy)")
     s.add_argument("--detector", help="lbpcascade_animeface.xml path (offline machines)")
+    s.add_argument("--device", default="auto")
+
+    s = command("toy", _toy, "2-D mixture of Gaussians: every loss, pictures per checkpoint, mode coverage")
+    s.add_argument("--out", help="output folder (default: WORK/toy)")
+    s.add_argument("--mixtures", default="ring8", help="comma-separated: ring8, grid25 (default: %(default)s)")
+    s.add_argument("--losses", default="bce,wgan,wgan-gp,hinge", help="comma-separated (default: %(default)s)")
+    s.add_argument("--checkpoints", type=int, default=4, help="checkpoints (pictures) per run (default: %(default)s)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override for every loss, e.g. --set train.max_steps=2000 (repeatable)")
+    s.add_argument("--presets", action="store_true", help="print the toy presets and exit")
+    s.add_argument("--device", default="cpu", help="cpu (default: the MLPs are too small for a GPU to help) or cuda")
+
+    s = command("cgan", _cgan, "class-conditional GAN on labelled images, graded by a classifier trained on real ones")
+    s.add_argument("--data", default="digits", help="'digits' (scikit-learn's, bundled), or a folder/zip of "
+                   "class_name/*.jpg, or images with --labels FILE.csv (default: %(default)s)")
+    s.add_argument("--labels", help="folders (default for --data other than digits) or a CSV of filename,label rows")
+    s.add_argument("--out", help="output folder (default: WORK/cgan)")
+    s.add_argument("--per-class", type=int, default=100, help="generated images graded per class (default: %(default)s)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --set loss.aux_weight=0.5 --set loss.name=wgan-gp (repeatable)")
+    s.add_argument("--presets", action="store_true", help="print the cgan preset and exit")
     s.add_argument("--device", default="auto")
 
     command("leaderboard", _leaderboard, "every scored run, best first")

@@ -14,13 +14,15 @@ from .io import UserError
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "dcgan"  # dcgan | resnet
+    arch: str = "dcgan"  # dcgan | resnet | mlp (2-D points, kaggle_gan.toy)
     resolution: int = 64  # 32, 64, 96 or 128; prepared data of another size is resized once on load
     z_dim: int = 100
     g_width: int = 64  # the sample's feature_dim
     d_width: int = 64
     d_norm: str = "batch"  # batch | instance | layer | none
     spectral_norm: bool = False  # spectral normalisation on every critic layer
+    classes: int = 0  # class-conditional pair for labelled data (kaggle_gan.cgan); 0 = unconditional
+    cond_input: str = "embed"  # how the label joins z at G's input: embed | onehot | none (CBN conditions G anyway)
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class LossConfig:
     clip: float = 0.01  # wgan only
     gp_lambda: float = 10.0  # wgan-gp only
     r1_gamma: float = 0.0  # R1 penalty gamma/2 * E||grad D(real)||^2 added to any critic loss; 0 = off
+    aux_weight: float = 0.0  # conditional runs: weight of an auxiliary classifier's cross-entropy (AC-GAN); 0 = off
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class TrainConfig:
     ckpt_minutes: float = 10.0  # wall-clock minutes between checkpoints (plus one per epoch)
     keep_epochs: bool = True  # keep a checkpoint per epoch besides last.pt
     augment: str = ""  # differentiable augmentation of real and fake before the critic, e.g. "color,translation,cutout"
+    flip: bool = True  # random horizontal flips of real images (off for digits and text)
 
 
 @dataclass(frozen=True)
@@ -77,16 +81,17 @@ class Config:
 
 
 CHOICES = {
-    "model.arch": ("dcgan", "resnet"),
+    "model.arch": ("dcgan", "resnet", "mlp"),
     "model.resolution": (32, 64, 96, 128),
     "model.d_norm": ("batch", "instance", "layer", "none"),
+    "model.cond_input": ("embed", "onehot", "none"),
     "loss.name": ("bce", "wgan", "wgan-gp", "hinge"),
     "optim.name": ("adam", "rmsprop"),
     "train.amp": ("auto", "off", "bf16", "fp16"),
 }
 POSITIVE = {"model.z_dim", "model.g_width", "model.d_width", "loss.n_critic", "optim.lr_g", "optim.lr_d",
             "train.epochs", "train.batch_size", "train.log_every"}
-NON_NEGATIVE = {"loss.clip", "loss.gp_lambda", "loss.r1_gamma", "train.max_steps", "train.sample_every", "train.ckpt_minutes",
+NON_NEGATIVE = {"model.classes", "loss.aux_weight", "loss.clip", "loss.gp_lambda", "loss.r1_gamma", "train.max_steps", "train.sample_every", "train.ckpt_minutes",
                 "optim.beta1", "optim.beta2", "train.ema_decay", "train.seed"}
 
 
@@ -153,6 +158,17 @@ def validate(cfg: Config) -> None:
         raise UserError("loss.name=wgan-gp needs a critic without batch norm: set model.d_norm=instance (or layer/none)")
     if cfg.loss.r1_gamma > 0 and cfg.model.d_norm == "batch":
         raise UserError("loss.r1_gamma needs a critic without batch norm: set model.d_norm=none (or instance/layer)")
+    if cfg.model.arch == "mlp" and cfg.model.d_norm != "none":
+        raise UserError("model.arch=mlp has no normalisation layers in its critic: set model.d_norm=none")
+    if cfg.model.classes and cfg.model.arch != "dcgan":
+        raise UserError(f"model.classes needs model.arch=dcgan (the conditional pair), not {cfg.model.arch}; "
+                        "or set model.classes=0")
+    if cfg.model.classes == 1:
+        raise UserError("model.classes=1 is one class: set model.classes=0 for an unconditional run")
+    if cfg.loss.aux_weight > 0 and not cfg.model.classes:
+        raise UserError("loss.aux_weight needs labels: set model.classes (a conditional run) or loss.aux_weight=0")
+    if cfg.train.augment and cfg.model.arch == "mlp":
+        raise UserError("train.augment transforms images; set train.augment= for model.arch=mlp")
     if cfg.train.augment:
         from .augment import parse_policy  # torch is imported only when a policy is set
 
@@ -230,27 +246,33 @@ PRESETS: Dict[str, Preset] = {p.name: p for p in (
 )}
 
 
-def preset_chain(name: str) -> List[Preset]:
-    if name not in PRESETS:
-        raise UserError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+def preset_chain(name: str, table: Optional[Dict[str, Preset]] = None) -> List[Preset]:
+    table = PRESETS if table is None else table
+    if name not in table:
+        raise UserError(f"unknown preset {name!r}; choose one of {', '.join(table)}")
     chain = []
     while name is not None:
-        chain.append(PRESETS[name])
-        name = PRESETS[name].parent
+        chain.append(table[name])
+        name = table[name].parent
     return chain[::-1]
 
 
-def resolve(preset: str = "baseline", overrides: Optional[Dict[str, Any]] = None) -> Config:
-    """The preset's configuration with user overrides applied last."""
+def resolve(preset: str = "baseline", overrides: Optional[Dict[str, Any]] = None,
+            table: Optional[Dict[str, Preset]] = None) -> Config:
+    """The preset's configuration with user overrides applied last.
+
+    ``table`` is another preset table (the toy's and the conditional GAN's live beside their
+    commands, so ``kaggle-gan presets`` lists only what ``train`` can run); default :data:`PRESETS`.
+    """
     cfg = Config()
-    for p in preset_chain(preset):
+    for p in preset_chain(preset, table):
         cfg = apply_overrides(cfg, {k: v for k, v, _ in p.changes})
     return apply_overrides(cfg, overrides or {})
 
 
-def describe_presets() -> str:
+def describe_presets(table: Optional[Dict[str, Preset]] = None) -> str:
     lines = []
-    for p in PRESETS.values():
+    for p in (PRESETS if table is None else table).values():
         lines.append(f"{p.name}" + (f" (= {p.parent} +)" if p.parent else "") + f": {p.summary}")
         for key, value, why in p.changes:
             lines.append(f"    {key}={value}  # {why}")

@@ -15,7 +15,7 @@ import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
@@ -32,11 +32,17 @@ _SKIP_NAMES = re.compile(r"(^|/)(__MACOSX/|\.DS_Store$|Thumbs\.db$)")
 
 @dataclass(frozen=True)
 class Prepared:
-    """A prepared data folder: ``images`` is (N, H, W, 3) uint8, memory-mapped."""
+    """A prepared data folder: ``images`` is (N, H, W, 3) uint8, memory-mapped; ``labels`` (N,) int64
+    class indices into ``classes`` (the class names), or None for unlabelled data."""
 
     folder: Path
     images: np.ndarray
     meta: dict
+    labels: Optional[np.ndarray] = None
+
+    @property
+    def classes(self) -> List[str]:
+        return list(self.meta.get("classes", []))
 
     @property
     def files(self) -> List[str]:
@@ -282,10 +288,15 @@ def prepare(
     resample: str = "bilinear",
     workers: Optional[int] = None,
     force: bool = False,
+    labels: Optional[str] = None,
 ) -> Prepared:
     """Decode, convert to RGB and resize every image of ``data`` into ``out``.
 
-    A no-op when ``out`` already holds the same input at the same size and filter.
+    ``labels`` makes a labelled data set (``labels.npy`` beside ``images.npy``,
+    class names in ``prepare.json``): ``"folders"`` takes each image's class
+    from its folder (``class_name/*.jpg``), any other value is a CSV file of
+    ``filename,label`` rows (file names relative to ``data``). A no-op when
+    ``out`` already holds the same input at the same size, filter and labels.
     """
     if size < 8 or size > 1024:
         raise UserError(f"size must be between 8 and 1024, got {size}")
@@ -298,13 +309,62 @@ def prepare(
         for stale in out.glob(".tmp-*"):  # left by a prepare killed mid-write
             if stale.is_file():
                 stale.unlink()
-        return _prepare_locked(data, source, out, size, resample, workers, force)
+        return _prepare_locked(data, source, out, size, resample, workers, force, labels)
+
+
+def _label_spec(labels: Optional[str]) -> Optional[dict]:
+    if labels is None:
+        return None
+    if labels == "folders":
+        return {"kind": "folders"}
+    path = Path(labels).expanduser()
+    if not path.is_file():
+        raise UserError(f"labels file not found: {path}; pass --labels folders or a CSV of filename,label rows")
+    return {"kind": "csv", "file": str(path), "sha256": sha256_file(path)}
+
+
+def read_label_csv(path: Path) -> Dict[str, str]:
+    """``filename,label`` rows (an optional header ``filename,label``) -> {filename: label}; bad rows are errors."""
+    import csv
+
+    out: Dict[str, str] = {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        for line, row in enumerate(csv.reader(fh), 1):
+            if not row or (line == 1 and [c.strip().lower() for c in row] == ["filename", "label"]):
+                continue
+            if len(row) != 2 or not row[0].strip() or not row[1].strip():
+                raise UserError(f"{path}:{line}: expected 'filename,label', got {','.join(row)!r}")
+            name = row[0].strip().replace("\\", "/")
+            if name in out:
+                raise UserError(f"{path}:{line}: {name} is labelled twice")
+            out[name] = row[1].strip()
+    if not out:
+        raise UserError(f"{path} holds no filename,label rows")
+    return out
+
+
+def _assign_labels(spec: dict, names: List[str], source: Path) -> Tuple[List[str], List[Optional[str]]]:
+    """The label of every listed file (None: skipped, reported in the manifest), for a label spec."""
+    posix = [n.replace(os.sep, "/") for n in names]
+    if spec["kind"] == "folders":
+        loose = [n for n in posix if "/" not in n]
+        if loose:
+            raise UserError(f"{loose[0]} (and {len(loose) - 1} more) not inside a class folder; "
+                            "--labels folders needs DATA/class_name/*.jpg")
+        return names, [n.split("/")[-2] for n in posix]
+    table = read_label_csv(Path(spec["file"]))
+    unknown = sorted(set(table) - set(posix))
+    if unknown:
+        raise UserError(f"{spec['file']} names {len(unknown)} file(s) not in {source}, e.g. {unknown[0]}; "
+                        "file names must be relative to DATA")
+    return names, [table.get(n) for n in posix]
 
 
 def _prepare_locked(data: str, source: Path, out: Path, size: int, resample: str, workers: Optional[int],
-                    force: bool) -> Prepared:
+                    force: bool, labels: Optional[str] = None) -> Prepared:
     fp = fingerprint(source)
-    want = {"fingerprint": fp, "size": size, "resample": resample}
+    spec = _label_spec(labels)
+    want = {"fingerprint": fp, "size": size, "resample": resample, "labels": spec}
     done = out / "prepare.json"
     if not force and done.is_file() and (out / "images.npy").is_file():
         meta = read_json(done)
@@ -318,18 +378,25 @@ def _prepare_locked(data: str, source: Path, out: Path, size: int, resample: str
     else:
         names, refused = _list_folder(source)
     names.sort(key=_natural_key)
+    names_labels: List[Optional[str]] = [None] * len(names)
+    if spec:
+        names, names_labels = _assign_labels(spec, names, source)
+        refused += [(n, "no label in the CSV") for n, lab in zip(names, names_labels) if lab is None]
+        keep = [i for i, lab in enumerate(names_labels) if lab is not None]
+        names, names_labels = [names[i] for i in keep], [names_labels[i] for i in keep]
     workers = workers or max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     results = _decode_all(source, is_zip, names, size, resample, workers)
 
     import pandas as pd
 
-    rows, arrays = [], []
-    for name, (arr, reason) in zip(names, results):
+    rows, arrays, kept_labels = [], [], []
+    for name, label, (arr, reason) in zip(names, names_labels, results):
         if arr is None:
             rows.append({"index": -1, "file": _printable(name), "status": "skipped", "reason": reason})
         else:
             rows.append({"index": len(arrays), "file": _printable(name), "status": "ok", "reason": ""})
             arrays.append(arr)
+            kept_labels.append(label)
     rows += [{"index": -1, "file": _printable(n), "status": "skipped", "reason": r} for n, r in refused]
     manifest = pd.DataFrame(rows, columns=["index", "file", "status", "reason"])
     skipped = int((manifest.status != "ok").sum())
@@ -337,27 +404,38 @@ def _prepare_locked(data: str, source: Path, out: Path, size: int, resample: str
         reasons = manifest.reason.value_counts().head(3).to_dict()
         raise UserError(f"no usable image in {source} ({len(rows)} files; reasons: {reasons}); check DATA=")
 
-    images = np.stack(arrays)
+    classes = sorted(set(kept_labels), key=_natural_key) if spec else None
+    index = {c: i for i, c in enumerate(classes or [])}
+    prepared = write_prepared(out, np.stack(arrays), manifest, dict(want, source=str(data)),
+                              np.array([index[c] for c in kept_labels]) if spec else None, classes)
+    print(f"prepare: kept {len(arrays)} images, skipped {skipped} (see {out / 'manifest.csv'})"
+          + (f"; {len(classes)} classes" if classes else ""))
+    if skipped:
+        print(manifest[manifest.status != "ok"].reason.value_counts().head(10).to_string())
+    return prepared
+
+
+def write_prepared(out: Path, images: np.ndarray, manifest, meta: dict, labels: Optional[np.ndarray] = None,
+                   classes: Optional[List[str]] = None) -> Prepared:
+    """Write a prepared folder: ``images.npy`` (N, H, W, 3) uint8, ``labels.npy`` (N,) int64 indices into
+    ``classes`` when labelled, ``manifest.csv``, and ``prepare.json`` last (it marks the folder finished)."""
     out.mkdir(parents=True, exist_ok=True)
+    done = out / "prepare.json"
     done.unlink(missing_ok=True)  # from here on the folder is unfinished until prepare.json is back
     with atomic_path(out / "images.npy", suffix=".npy") as tmp:
         np.save(tmp, images)
     with atomic_path(out / "manifest.csv") as tmp:
         manifest.to_csv(tmp, index=False)
-    meta = dict(
-        want,
-        source=str(data),
-        kept=len(arrays),
-        skipped=skipped,
-        shape=list(images.shape),
-        images_sha256=sha256_file(out / "images.npy"),
-        version=__version__,
-    )
+    meta = dict(meta, kept=len(images), skipped=int((manifest.status != "ok").sum()), shape=list(images.shape),
+                images_sha256=sha256_file(out / "images.npy"), version=__version__)
+    if labels is not None:
+        with atomic_path(out / "labels.npy", suffix=".npy") as tmp:
+            np.save(tmp, np.asarray(labels, dtype=np.int64))
+        meta.update(classes=list(classes), labels_sha256=sha256_file(out / "labels.npy"))
+    else:
+        (out / "labels.npy").unlink(missing_ok=True)
     write_json(done, meta)
-    print(f"prepare: kept {len(arrays)} images, skipped {skipped} (see {out / 'manifest.csv'})")
-    if skipped:
-        print(manifest[manifest.status != "ok"].reason.value_counts().head(10).to_string())
-    return Prepared(out, np.load(out / "images.npy", mmap_mode="r"), meta)
+    return load_prepared(out)
 
 
 def load_prepared(folder: Path) -> Prepared:
@@ -366,7 +444,8 @@ def load_prepared(folder: Path) -> Prepared:
     if not (folder / "prepare.json").is_file() or not (folder / "images.npy").is_file():
         raise UserError(f"{folder} holds no prepared data; run `make prepare` (kaggle-gan prepare) first")
     meta = read_json(folder / "prepare.json")
-    return Prepared(folder, np.load(folder / "images.npy", mmap_mode="r"), meta)
+    labels = np.load(folder / "labels.npy") if meta.get("labels_sha256") else None
+    return Prepared(folder, np.load(folder / "images.npy", mmap_mode="r"), meta, labels)
 
 
 def iter_image_files(folder: Path) -> List[Path]:
@@ -404,33 +483,95 @@ def decode_files(files: Sequence[Path], size: int, resample: str = "bilinear", w
     return names, np.stack(arrays), dims
 
 
-class DeviceImages:
-    """The prepared uint8 images held on the training device, served as float batches.
+class Batch(NamedTuple):
+    """What a data source serves the training loop: inputs ``x`` and, for labelled data, class indices ``y`` (B,)."""
 
+    x: "torch.Tensor"  # noqa: F821
+    y: Optional["torch.Tensor"] = None  # noqa: F821
+
+
+def fixed_noise(n: int, z_dim: int, seed: int) -> "torch.Tensor":  # noqa: F821
+    """(n, z_dim) standard normal noise drawn on the CPU from ``seed``: the same on every device and call."""
+    import torch
+
+    return torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed))
+
+
+class Source(Protocol):
+    """What the training loop needs from its data (see :class:`DeviceImages`, :class:`kaggle_gan.toy.Points`)."""
+
+    device: "torch.device"  # noqa: F821
+    classes: int  # 0 = unlabelled
+    sha256: str  # identity of the data: a resumed run must see the same
+
+    def __len__(self) -> int: ...
+
+    def batch(self, index: "torch.Tensor", generator: "torch.Generator", keep: slice = slice(None)) -> Batch:  # noqa: F821
+        """Examples ``index`` of the epoch's order (randomness for all of them from ``generator``), rows ``keep``."""
+
+    def fixed_inputs(self, z_dim: int, seed: int) -> Batch:
+        """The noise (B, z_dim) and labels the run's pictures are drawn from, the same at every call."""
+
+    def picture(self, fake: "torch.Tensor", critic: "torch.nn.Module", path: Path) -> None:  # noqa: F821
+        """Draw the generator's output for ``fixed_inputs`` (and the critic, where it can be drawn) to ``path``."""
+
+
+class DeviceImages:
+    """The prepared uint8 images (and their labels) held on the training device, served as float batches.
+
+    The training loop's image source. A source offers ``len()``, ``device``,
+    ``classes`` (0 = unlabelled), ``sha256`` (what a resumed run must match),
+    ``batch(index, generator, keep)``, ``fixed_inputs(z_dim, seed)`` and
+    ``picture(fake, critic, path)``; :class:`kaggle_gan.toy.Points` is the other one.
     Sampling, flipping and normalising happen on the device; the host only
     hands over an index tensor.
     """
 
-    def __init__(self, images: np.ndarray, device, channels_last: bool = False):
+    def __init__(self, images: np.ndarray, device, channels_last: bool = False, labels: Optional[np.ndarray] = None,
+                 classes: int = 0, flip: bool = True, sha256: str = ""):
         import torch
 
         self.device = torch.device(device)
         data = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2)  # (N, 3, H, W) uint8, a writable copy
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.data = data.contiguous(memory_format=memory_format).to(self.device)
-        self.channels_last = channels_last
+        self.labels = None if labels is None else torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(self.device)
+        self.channels_last, self.classes, self.flip, self.sha256 = channels_last, classes, flip, sha256
 
     def __len__(self) -> int:
         return self.data.shape[0]
 
-    def batch(self, index, flip) -> "torch.Tensor":  # noqa: F821
-        """``index`` (B,) long, ``flip`` (B,) bool -> (B, 3, H, W) float32 in [-1, 1]."""
+    def batch(self, index, generator, keep: slice = slice(None)) -> Batch:
+        """``index`` (B,) long -> (B', 3, H, W) float32 in [-1, 1] (and labels), B' = the ``keep`` slice of B.
+
+        Flips are drawn from ``generator`` for the whole batch before slicing, so every
+        rank under DDP draws the same and a resumed run draws what the unbroken one did.
+        """
         import torch
 
-        x = self.data.index_select(0, index.to(self.device, non_blocking=True))
-        x = torch.where(flip.to(self.device).view(-1, 1, 1, 1), x.flip(3), x)
+        if self.flip:
+            flip = (torch.rand(len(index), device=generator.device, generator=generator) < 0.5)[keep]
+        index = index[keep].to(self.device, non_blocking=True)
+        x = self.data.index_select(0, index)
+        if self.flip:
+            x = torch.where(flip.to(self.device).view(-1, 1, 1, 1), x.flip(3), x)
         x = x.float().mul_(2.0 / 255.0).sub_(1.0)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        return Batch(x, None if self.labels is None else self.labels.index_select(0, index))
 
+    def fixed_inputs(self, z_dim: int, seed: int) -> Batch:
+        """The noise (and labels) of the run's sample grids: 64 images, or 8 a class with one row per class."""
+        import torch
+
+        if not self.classes:
+            return Batch(fixed_noise(64, z_dim, seed))
+        z = fixed_noise(8, z_dim, seed).repeat(self.classes, 1)  # the same 8 noises in every row
+        return Batch(z, torch.arange(self.classes).repeat_interleave(8))
+
+    def picture(self, fake, critic, path: Path) -> None:
+        """Save ``fake`` (B, 3, H, W) in [-1, 1] as a grid 8 wide (a row per class for labelled data)."""
+        from torchvision.utils import save_image
+
+        with atomic_path(path, suffix=".png") as tmp:
+            save_image(fake.float(), tmp, nrow=8, normalize=True, value_range=(-1, 1))

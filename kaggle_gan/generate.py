@@ -19,7 +19,7 @@ import torch
 from .checkpoint import FORMAT, GENERATOR_FORMAT, load_file, load_latest
 from .config import Config
 from .io import UserError, write_json
-from .models import build_models
+from .models import bind, build_models
 from .runtime import resolve_device
 
 FORMATS = (FORMAT, GENERATOR_FORMAT)
@@ -89,6 +89,8 @@ def generate(
         raise UserError(f"--count must be positive, got {n}")
     dev = resolve_device(device)
     G, cfg, step = load_generator(source, dev)
+    if cfg.model.arch == "mlp":
+        raise UserError(f"{source} is a 2-D toy run: it draws points, not images (see its samples/ pictures)")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for leftover in [*out.parent.glob(f".tmp-{out.name}.*"), *out.parent.glob(f".old-{out.name}.*")]:
@@ -101,7 +103,9 @@ def generate(
             for first in tqdm(range(0, n, batch_size), desc="generate", unit="batch"):
                 b = min(batch_size, n - first)
                 z = torch.randn(b, cfg.model.z_dim, generator=noise).to(dev)
-                x = G(z).float()
+                # a conditional generator draws the classes in turn: image i is class (i - 1) mod classes
+                y = torch.arange(first, first + b, device=dev) % cfg.model.classes if cfg.model.classes else None
+                x = bind(G, y)(z).float()
                 if x.shape[-1] != size:
                     x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
                 x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

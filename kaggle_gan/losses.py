@@ -118,7 +118,8 @@ def input_gradient(D: nn.Module, x: Tensor, ctx: StepContext) -> Tensor:
 def gradient_penalty(D: nn.Module, real: Tensor, fake: Tensor, ctx: StepContext) -> Tensor:
     """E[(||grad_x D(x)||_2 - 1)^2] at x = a*real + (1-a)*fake, one a ~ U(0,1) per image."""
     n = real.shape[0]
-    alpha = torch.rand(n * ctx.world_size, 1, 1, 1, device=real.device, generator=ctx.generator)
+    # one weight per example, broadcast over the rest: (n, 1, 1, 1) for images, (n, 1) for points
+    alpha = torch.rand(n * ctx.world_size, *[1] * (real.dim() - 1), device=real.device, generator=ctx.generator)
     alpha = alpha[ctx.rank * n : (ctx.rank + 1) * n]
     grad = input_gradient(D, torch.lerp(fake.detach().float(), real.detach().float(), alpha), ctx)
     return (grad.flatten(1).norm(2, dim=1) - 1).pow(2).mean()
@@ -182,6 +183,38 @@ class WithR1(GANLoss):
         self.inner.after_critic_step(D)
 
 
+class WithClassifier(GANLoss):
+    """Any loss plus an auxiliary classifier's cross-entropy (AC-GAN, Odena et al. 2017), weighted ``weight``.
+
+    For conditional runs: ``D`` is the critic bound to the batch's labels
+    (:class:`kaggle_gan.models.Bound`), whose ``class_loss(x)`` is the
+    classifier head's cross-entropy against them. The critic learns to
+    classify real images only (classifying fakes too rewards it for what the
+    generator got wrong, and costs diversity); the generator is pushed towards
+    images the head reads as the class it was asked for.
+    """
+
+    def __init__(self, inner: GANLoss, weight: float):
+        self.inner, self.weight = inner, weight
+        self.name = inner.name
+        self.double_backward = inner.double_backward
+
+    def critic_loss(self, D, real, fake, ctx):
+        loss, stats = self.inner.critic_loss(D, real, fake, ctx)
+        with ctx.autocast():
+            ce = D.class_loss(real)
+        stats["aux_real"] = ce.detach()
+        return loss + self.weight * ce, stats
+
+    def generator_loss(self, D, fake, ctx):
+        loss = self.inner.generator_loss(D, fake, ctx)
+        with ctx.autocast():
+            return loss + self.weight * D.class_loss(fake)
+
+    def after_critic_step(self, D):
+        self.inner.after_critic_step(D)
+
+
 def build_loss(loss_cfg) -> GANLoss:
     """The loss object for a :class:`kaggle_gan.config.LossConfig` (with R1 when ``r1_gamma`` > 0)."""
     if loss_cfg.name == "bce":
@@ -195,4 +228,7 @@ def build_loss(loss_cfg) -> GANLoss:
     else:
         raise ValueError(f"unknown loss.name {loss_cfg.name!r}; choose bce, wgan, wgan-gp or hinge")
     gamma = getattr(loss_cfg, "r1_gamma", 0.0)
-    return WithR1(loss, gamma) if gamma > 0 else loss
+    if gamma > 0:
+        loss = WithR1(loss, gamma)
+    aux = getattr(loss_cfg, "aux_weight", 0.0)
+    return WithClassifier(loss, aux) if aux > 0 else loss

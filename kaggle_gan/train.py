@@ -1,8 +1,16 @@
-"""The one training loop, for every preset.
+"""The one training loop, for every preset, the 2-D toy and the class-conditional GAN.
 
 Presets differ by configuration and by the loss object
 (:mod:`kaggle_gan.losses`); the loop only schedules critic and generator
 steps, keeps the EMA generator, logs, samples and checkpoints.
+
+What it trains on is a *source*: the prepared images
+(:class:`kaggle_gan.data.DeviceImages`, with labels for a conditional run)
+or the toy's 2-D points (:class:`kaggle_gan.toy.Points`). A source serves
+batches ``(x, y)`` (``y`` None when unlabelled) for positions of the
+epoch's order, and draws the run's pictures. For labelled data the fake
+batch takes the real batch's labels, and the losses receive the critic
+bound to them (:class:`kaggle_gan.models.Bound`), so no loss knows about labels.
 
 Run folder layout::
 
@@ -22,7 +30,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 import numpy as np
 import torch
@@ -34,10 +42,10 @@ from . import distributed
 from .checkpoint import candidates, check_compatible, load_latest, save_checkpoint, save_generator
 from .augment import AugmentedCritic
 from .config import Config, validate
-from .data import DeviceImages, load_prepared
+from .data import Batch, DeviceImages, Source, load_prepared
 from .io import RunLock, UserError, atomic_path, write_json
 from .losses import StepContext, build_loss
-from .models import build_models
+from .models import bind, build_models
 from .runtime import resolve_device
 
 LOG_FIELDS = ["step", "epoch", "kimg", "seconds", "img_per_s", "d_loss", "g_loss"]
@@ -111,10 +119,6 @@ def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
-def fixed_noise(cfg: Config, n: int = 64) -> torch.Tensor:
-    return torch.randn(n, cfg.model.z_dim, generator=torch.Generator().manual_seed(cfg.train.seed + 1))
-
-
 def _resize_images(images: np.ndarray, size: int) -> np.ndarray:
     """(N, H, W, 3) uint8 -> (N, size, size, 3) uint8 with antialiased bilinear resampling."""
     out = []
@@ -126,10 +130,14 @@ def _resize_images(images: np.ndarray, size: int) -> np.ndarray:
 
 
 class Trainer:
-    """Holds the state of one run; :meth:`run` trains it to the configured length."""
+    """Holds the state of one run; :meth:`run` trains it to the configured length.
 
-    def __init__(self, cfg: Config, data_dir: Path, run_dir: Path, device: str = "auto", resume: bool = True,
-                 progress: bool = True):
+    ``data`` is a prepared data folder (images, and labels when ``model.classes`` > 0)
+    or a ready source object such as :class:`kaggle_gan.toy.Points`.
+    """
+
+    def __init__(self, cfg: Config, data: Union[str, Path, Source], run_dir: Path, device: str = "auto",
+                 resume: bool = True, progress: bool = True):
         validate(cfg)
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -137,21 +145,19 @@ class Trainer:
         self.device = distributed.local_device(resolve_device(device), self.world)
         t = cfg.train
         distributed.check_batch(t.batch_size, self.world)
-        prepared = load_prepared(data_dir)
-        self.data_sha256 = prepared.meta["images_sha256"]
-        images = prepared.images
-        if images.shape[1] != cfg.model.resolution:
-            print(f"train: prepared images are {images.shape[1]}px, resizing once to model.resolution={cfg.model.resolution}")
-            images = _resize_images(images, cfg.model.resolution)
-        if len(images) < t.batch_size:
-            raise UserError(f"only {len(images)} images for train.batch_size={t.batch_size}; lower the batch size")
-        self.steps_per_epoch = len(images) // t.batch_size
-        self.total_steps = t.max_steps or t.epochs * self.steps_per_epoch
         self.channels_last = t.fast and self.device.type == "cuda"
-        self.data = DeviceImages(images, self._data_device(images), self.channels_last)
+        self.data = self._open_images(Path(data)) if isinstance(data, (str, Path)) else data
+        if self.data.classes != cfg.model.classes:
+            raise UserError(f"the data has {self.data.classes or 'no'} classes but model.classes={cfg.model.classes}; "
+                            f"set model.classes={self.data.classes}")
+        self.data_sha256 = self.data.sha256
+        if len(self.data) < t.batch_size:
+            raise UserError(f"only {len(self.data)} examples for train.batch_size={t.batch_size}; lower the batch size")
+        self.steps_per_epoch = len(self.data) // t.batch_size
+        self.total_steps = t.max_steps or t.epochs * self.steps_per_epoch
 
         torch.manual_seed(t.seed)
-        self.G, self.D = build_models(cfg.model)
+        self.G, self.D = build_models(cfg.model, aux_classifier=cfg.loss.aux_weight > 0)
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.G.to(self.device, memory_format=memory_format)
         self.D.to(self.device, memory_format=memory_format)
@@ -180,6 +186,23 @@ class Trainer:
             self._resume()
         elif candidates(self.ckpt_dir):
             raise UserError(f"{self.ckpt_dir} already holds checkpoints; resume it, or use another RUN name")
+
+    def _open_images(self, data_dir: Path) -> DeviceImages:
+        """The prepared images (resized once to ``model.resolution`` if need be) on the training device."""
+        cfg = self.cfg
+        prepared = load_prepared(data_dir)
+        images, labels, sha = prepared.images, None, prepared.meta["images_sha256"]
+        if cfg.model.classes:
+            if prepared.labels is None:
+                raise UserError(f"{data_dir} holds no labels for model.classes={cfg.model.classes}; prepare it with "
+                                "--labels folders (class_name/*.jpg) or --labels FILE.csv")
+            labels, sha = prepared.labels, f"{sha}+{prepared.meta['labels_sha256']}"
+        if images.shape[1] != cfg.model.resolution:
+            print(f"train: prepared images are {images.shape[1]}px, resizing once to model.resolution={cfg.model.resolution}")
+            images = _resize_images(images, cfg.model.resolution)
+        return DeviceImages(images, self._data_device(images), self.channels_last, labels=labels,
+                            classes=len(prepared.classes) if labels is not None else 0, flip=cfg.train.flip,
+                            sha256=sha)
 
     def _data_device(self, images: np.ndarray) -> torch.device:
         """Keep the uint8 data on the GPU when it takes under a quarter of its memory."""
@@ -210,7 +233,7 @@ class Trainer:
             print(f"train: torch.compile unavailable ({type(err).__name__}: {err}); running eagerly")
             self.G_step, self.D_step = G_step, D_step
 
-    def _first_compiled_step(self, real: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def _first_compiled_step(self, batch: Batch) -> Dict[str, torch.Tensor]:
         """The first compiled step; if compiling or running it fails, undo what it did and go eager.
 
         The step may fail half-way (after the critic's update, in the
@@ -221,7 +244,7 @@ class Trainer:
         eager, self._eager = self._eager, None
         before = copy.deepcopy(self.state())
         try:
-            return self._train_step(real)
+            return self._train_step(batch)
         except Exception as err:
             print(f"train: torch.compile failed at the first step ({type(err).__name__}: "
                   f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}); running eagerly")
@@ -229,7 +252,7 @@ class Trainer:
             self.opt_G.zero_grad(set_to_none=True)
             self.opt_D.zero_grad(set_to_none=True)
             self.G_step, self.D_step = eager
-            return self._train_step(real)
+            return self._train_step(batch)
 
     # --- state ---------------------------------------------------------------------
 
@@ -289,29 +312,34 @@ class Trainer:
 
     # --- the loop ------------------------------------------------------------------
 
-    def _batch(self, order: torch.Tensor, position: int) -> torch.Tensor:
+    def _batch(self, order: torch.Tensor, position: int) -> Batch:
         B = self.cfg.train.batch_size
         index = order[position * B : (position + 1) * B]
-        flip = torch.rand(B, device=self.device, generator=self.gen) < 0.5
-        mine = self.world.share(B)  # every rank draws the global batch (keeping RNG states equal), keeps its slice
-        return self.data.batch(index[mine], flip[mine])
+        # every rank draws for the global batch (keeping RNG states equal) and keeps its slice
+        return self.data.batch(index, self.gen, self.world.share(B))
 
     def _noise(self) -> torch.Tensor:
         z = torch.randn(self.cfg.train.batch_size, self.cfg.model.z_dim, device=self.device, generator=self.gen)
         return z[self.world.share(len(z))]
 
-    def train_step(self, real: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def train_step(self, batch: Union[Batch, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """One critic step, and a generator step every ``loss.n_critic`` critic steps.
 
-        ``real`` is (B, 3, R, R) in [-1, 1]; returns detached 0-d losses and
-        statistics, still on the device (reading them back is the caller's choice).
+        ``batch`` is the source's :class:`~kaggle_gan.data.Batch`: real examples
+        (images (B, 3, R, R) in [-1, 1], or points (B, 2)) and their labels (B,)
+        or None; a bare tensor is an unlabelled batch. Returns detached 0-d
+        losses and statistics, still on the device (reading them back is the caller's choice).
         """
+        if isinstance(batch, torch.Tensor):
+            batch = Batch(batch)
         if self._eager is not None:
-            return self._first_compiled_step(real)
-        return self._train_step(real)
+            return self._first_compiled_step(batch)
+        return self._train_step(batch)
 
-    def _train_step(self, real: torch.Tensor) -> Dict[str, torch.Tensor]:
-        G, D, loss = self.G_step, self.D_step, self.loss
+    def _train_step(self, batch: Batch) -> Dict[str, torch.Tensor]:
+        real, labels = batch
+        # labelled data: fakes are asked for the real batch's classes, and the critic is judged on them
+        G, D, loss = bind(self.G_step, labels), bind(self.D_step, labels), self.loss
         with torch.no_grad(), self.precision.autocast():
             fake = G(self._noise())
         d_loss, stats = loss.critic_loss(D, real, fake, self.ctx)
@@ -426,19 +454,20 @@ class Trainer:
 
     @torch.no_grad()
     def sample_grid(self, name: Optional[str] = None) -> Path:
-        """A grid of 64 images from the same fixed noise at every call, so grids compare over time."""
-        from torchvision.utils import save_image
-
+        """The source's picture of the EMA generator's output from the same fixed inputs at every call,
+        so pictures compare over time (image grids; for the toy, points and critic contours)."""
         path = self.run_dir / "samples" / f"{name or f'step_{self.step:07d}'}.png"
         if not self.world.is_main:
             return path
         G = self.sampler()
-        was_training = G.training
+        was_training, critic_training = G.training, self.D.training
         G.eval()
-        images = G(fixed_noise(self.cfg).to(self.device)).float()
+        self.D.eval()
+        z, labels = self.data.fixed_inputs(self.cfg.model.z_dim, self.cfg.train.seed + 1)
+        fake = bind(G, None if labels is None else labels.to(self.device))(z.to(self.device))
+        self.data.picture(fake, self.D, path)
         G.train(was_training)
-        with atomic_path(path, suffix=".png") as tmp:
-            save_image(images, tmp, nrow=8, normalize=True, value_range=(-1, 1))
+        self.D.train(critic_training)
         return path
 
 
@@ -523,11 +552,11 @@ def plot_losses(log_csv: Path, out_png: Path) -> Optional[Path]:
     return out_png
 
 
-def train(cfg: Config, data_dir: Path, run_dir: Path, device: str = "auto", resume: bool = True,
+def train(cfg: Config, data: Union[str, Path, Source], run_dir: Path, device: str = "auto", resume: bool = True,
           progress: bool = True) -> Path:
-    """Train (or resume) the run in ``run_dir`` on prepared data; returns the path of ``generator.pt``.
+    """Train (or resume) the run in ``run_dir`` on prepared data (or a source); returns the path of ``generator.pt``.
 
     Under ``torchrun`` each process joins the group, trains its share of every batch, and only rank 0 writes.
     """
     with distributed.process_group(device):
-        return Trainer(cfg, data_dir, run_dir, device, resume, progress).run()
+        return Trainer(cfg, data, run_dir, device, resume, progress).run()

@@ -32,7 +32,7 @@ data, run, out, overrides = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), j
 with distributed.process_group("cpu") as world:
     t = Trainer(resolve("strong", overrides), Path(data), run, device="cpu", progress=False)
     rng = t.gen.get_state()
-    first = t._batch(epoch_order(t.cfg.train.seed, 0, len(t.data)), 0)
+    first = t._batch(epoch_order(t.cfg.train.seed, 0, len(t.data)), 0).x
     t.gen.set_state(rng)  # the run itself starts from the untouched state
     t.run()
     params = {f"G.{k}": v.detach() for k, v in t.G.named_parameters()}
@@ -70,7 +70,7 @@ def test_two_ranks_stay_identical_split_the_batch_and_match_one_process(setup, t
 
     # each rank drew its own half of the batch a single process draws (same images, same flips)
     one = Trainer(resolve("strong", SETTINGS), setup / "data", tmp_path / "fresh", device="cpu", progress=False)
-    whole = one._batch(epoch_order(one.cfg.train.seed, 0, len(one.data)), 0)
+    whole = one._batch(epoch_order(one.cfg.train.seed, 0, len(one.data)), 0).x
     assert r0["first_batch"].shape[0] == r1["first_batch"].shape[0] == 8
     assert torch.equal(torch.cat([r0["first_batch"], r1["first_batch"]]), whole)
 
