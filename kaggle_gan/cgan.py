@@ -205,11 +205,7 @@ def cgan(out: Union[str, Path], data: str = DIGITS, labels: Optional[str] = None
          overrides: Optional[Dict[str, str]] = None, per_class: int = 100, device: str = "auto",
          cache: Optional[Path] = None, progress: bool = True) -> dict:
     """Prepare ``data``, train the conditional GAN, grade it; writes the sheet and accuracy files, returns the results."""
-    import pandas as pd
-    import torch
-
     from .data import load_prepared, prepare
-    from .runtime import resolve_device
     from .train import Trainer, _resize_images
 
     out = Path(out)

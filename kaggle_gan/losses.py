@@ -7,7 +7,7 @@ is a new class here, never a new loop.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, ContextManager, Dict, Optional, Tuple
 
 import torch

@@ -1,13 +1,12 @@
 """The class-conditional GAN: conditioning plumbing, labelled prepare, resume, and a short graded run on digits."""
 import csv
 
-import numpy as np
 import pytest
 import torch
 
 from kaggle_gan.cgan import cgan, cgan_config, prepare_digits
 from kaggle_gan.config import resolve
-from kaggle_gan.data import load_prepared, prepare
+from kaggle_gan.data import prepare
 from kaggle_gan.io import UserError
 from kaggle_gan.models import ConditionalBatchNorm2d, ConditionalGenerator, ProjectionCritic
 from kaggle_gan.train import Trainer, train
