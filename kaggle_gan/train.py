@@ -391,7 +391,7 @@ class Trainer:
             bar = tqdm(total=self.total_steps, initial=self.step, unit="step", desc=f"train {self.run_dir.name}",
                        disable=not (self.progress and main))
             sums: Dict[str, torch.Tensor] = {}
-            counts: Dict[str, torch.Tensor] = {}
+            counts: Dict[str, Union[int, torch.Tensor]] = {}  # a tensor under fp16 (finite values only)
             window_start, window_step = time.perf_counter(), self.step
             last_ckpt = time.monotonic()
             order, order_epoch = None, -1
@@ -403,13 +403,16 @@ class Trainer:
                     order, order_epoch = epoch_order(t.seed, epoch, len(self.data)).to(self.data.device), epoch
                 stats = self.train_step(self._batch(order, position))
                 for k, v in stats.items():
-                    # Under fp16 the gradient scaler skips the steps whose gradients overflowed (and lowers
-                    # its scale); their losses are inf/NaN by design and are left out of the log's means.
-                    # A window with no finite value left is divergence all the same (caught below).
-                    kept = torch.isfinite(v) if self.scaled else torch.ones((), dtype=torch.bool, device=v.device)
-                    v = torch.where(kept, v, torch.zeros_like(v))
+                    if self.scaled:
+                        # Under fp16 the gradient scaler skips the steps whose gradients overflowed (and lowers
+                        # its scale); their losses are inf/NaN by design and are left out of the log's means.
+                        # A window with no finite value left is divergence all the same (caught below).
+                        kept = torch.isfinite(v)
+                        v = torch.where(kept, v, torch.zeros_like(v))
+                        counts[k] = counts[k] + kept if k in counts else kept.to(torch.int64)
+                    else:  # every value counts: a NaN reaches the mean and stops the run
+                        counts[k] = counts.get(k, 0) + 1
                     sums[k] = sums[k] + v if k in sums else v.clone()
-                    counts[k] = counts[k] + kept if k in counts else kept.to(torch.int64)
                 if not (t.fast or self.scaled):  # the sample code's habit: read every loss back at once
                     _check_finite({k: v.item() for k, v in stats.items()}, self.step)
                 self.step += 1
