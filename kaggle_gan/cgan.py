@@ -188,15 +188,6 @@ def accuracy_table(predicted: np.ndarray, asked: np.ndarray, names) -> "pd.DataF
     return pd.DataFrame(rows)
 
 
-def save_sheet(images: "torch.Tensor", per_row: int, path: Path) -> Path:  # noqa: F821
-    """Images (class-major, ``per_row`` a class) as a sheet with one row per class."""
-    from torchvision.utils import save_image
-
-    with atomic_path(path, suffix=".png") as tmp:
-        save_image(images, tmp, nrow=per_row, normalize=True, value_range=(-1, 1), padding=1)
-    return path
-
-
 def cgan_config(classes: int, overrides: Optional[Dict[str, str]] = None) -> Config:
     return resolve("cgan", {"model.classes": classes, **(overrides or {})}, table=CGAN_PRESETS)
 
@@ -205,7 +196,7 @@ def cgan(out: Union[str, Path], data: str = DIGITS, labels: Optional[str] = None
          overrides: Optional[Dict[str, str]] = None, per_class: int = 100, device: str = "auto",
          cache: Optional[Path] = None, progress: bool = True) -> dict:
     """Prepare ``data``, train the conditional GAN, grade it; writes the sheet and accuracy files, returns the results."""
-    from .data import load_prepared, prepare
+    from .data import load_prepared, prepare, save_grid
     from .train import Trainer, _resize_images
 
     out = Path(out)
@@ -237,7 +228,7 @@ def cgan(out: Union[str, Path], data: str = DIGITS, labels: Optional[str] = None
     grade_s = time.perf_counter() - start
     per_row = min(per_class, 10)
     rows = fake.view(len(names), per_class, *fake.shape[1:])[:, :per_row].reshape(-1, *fake.shape[1:])
-    save_sheet(rows, per_row, out / "sheet.png")
+    save_grid(rows, out / "sheet.png", nrow=per_row, padding=1)  # a row per class
     with atomic_path(out / "accuracy.csv") as tmp:
         table.to_csv(tmp, index=False)
     results = {"overall": round(overall, 4), "ceiling": round(ceiling, 4), "chance": round(1 / len(names), 4),

@@ -497,6 +497,15 @@ def fixed_noise(n: int, z_dim: int, seed: int) -> "torch.Tensor":  # noqa: F821
     return torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed))
 
 
+def save_grid(images: "torch.Tensor", path: Path, nrow: int, padding: int = 2) -> Path:  # noqa: F821
+    """Images (B, 3, H, W) in [-1, 1] as a PNG grid ``nrow`` wide, written atomically."""
+    from torchvision.utils import save_image
+
+    with atomic_path(path, suffix=".png") as tmp:
+        save_image(images.float(), tmp, nrow=nrow, normalize=True, value_range=(-1, 1), padding=padding)
+    return path
+
+
 class Source(Protocol):
     """What the training loop needs from its data (see :class:`DeviceImages`, :class:`kaggle_gan.toy.Points`)."""
 
@@ -571,7 +580,4 @@ class DeviceImages:
 
     def picture(self, fake, critic, path: Path) -> None:
         """Save ``fake`` (B, 3, H, W) in [-1, 1] as a grid 8 wide (a row per class for labelled data)."""
-        from torchvision.utils import save_image
-
-        with atomic_path(path, suffix=".png") as tmp:
-            save_image(fake.float(), tmp, nrow=8, normalize=True, value_range=(-1, 1))
+        save_grid(fake, path, nrow=8)
