@@ -196,8 +196,8 @@ def cgan(out: Union[str, Path], data: str = DIGITS, labels: Optional[str] = None
          overrides: Optional[Dict[str, str]] = None, per_class: int = 100, device: str = "auto",
          cache: Optional[Path] = None, progress: bool = True) -> dict:
     """Prepare ``data``, train the conditional GAN, grade it; writes the sheet and accuracy files, returns the results."""
-    from .data import load_prepared, prepare, save_grid
-    from .train import Trainer, _resize_images
+    from .data import load_prepared, prepare, resize_images, save_grid
+    from .train import Trainer
 
     out = Path(out)
     if data == DIGITS:
@@ -217,7 +217,7 @@ def cgan(out: Union[str, Path], data: str = DIGITS, labels: Optional[str] = None
     start = time.perf_counter()
     images = np.asarray(prepared.images)
     if images.shape[1] != cfg.model.resolution:
-        images = _resize_images(images, cfg.model.resolution)
+        images = resize_images(images, cfg.model.resolution)
     key = f"{prepared.meta['images_sha256'][:16]}-{prepared.meta['labels_sha256'][:16]}-{cfg.model.resolution}"
     classifier, ceiling = grading_classifier(images, prepared.labels, len(names), key,
                                              Path(cache) if cache else out / "cache" / "classifier", progress)

@@ -490,6 +490,18 @@ class Batch(NamedTuple):
     y: Optional["torch.Tensor"] = None  # noqa: F821
 
 
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, size, size, 3) uint8 with antialiased bilinear resampling (in chunks)."""
+    import torch
+
+    out = []
+    for i in range(0, len(images), 4096):
+        x = torch.from_numpy(np.array(images[i : i + 4096])).permute(0, 3, 1, 2).float()
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out.append(x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    return np.concatenate(out)
+
+
 def fixed_noise(n: int, z_dim: int, seed: int) -> "torch.Tensor":  # noqa: F821
     """(n, z_dim) standard normal noise drawn on the CPU from ``seed``: the same on every device and call."""
     import torch

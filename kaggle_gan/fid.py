@@ -15,7 +15,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 import numpy as np
 
@@ -266,10 +266,10 @@ def split_counts(n: int, ref_count: int, holdout: int = HOLDOUT) -> Tuple[int, i
 
 
 def reference_key(
-    shape: Tuple[int, ...], images_sha256: str, weights_identity: str, ref: int, hold: int
+    shape: Tuple[int, ...], images_sha256: str, weights_identity: str, ref: int, hold: int, view: str = ""
 ) -> Tuple[str, dict]:
     """Cache key and the fields it hashes: everything that changes the reference statistics."""
-    fields = {
+    fields = {**({"view": view} if view else {}),
         "format": CACHE_FORMAT,
         "images_sha256": images_sha256,
         "n_images": int(shape[0]),
@@ -291,8 +291,12 @@ def reference_stats(
     ref_count: int = 10_000,
     holdout: int = HOLDOUT,
     batch_size: int = 32,
+    view: Optional[Tuple[str, Callable[[np.ndarray], np.ndarray]]] = None,
 ) -> ReferenceStats:
     """Statistics of a seeded subsample of the prepared ``images`` (N, H, W, 3) uint8, cached.
+
+    ``view`` = (name, function) transforms the chosen reference and held-out
+    images first (the race's low-resolution round trip); the name joins the cache key.
 
     The cache key covers the data hash, image size, resize policy, weights
     identity and both sample counts; the file is written atomically and its
@@ -300,7 +304,7 @@ def reference_stats(
     """
     n = len(images)
     hold, ref = split_counts(n, ref_count, holdout)
-    key, fields = reference_key(images.shape, images_sha256, model.weights.identity, ref, hold)
+    key, fields = reference_key(images.shape, images_sha256, model.weights.identity, ref, hold, view[0] if view else "")
     path = Path(cache) / f"ref-{key}.npz"
     loaded = _load_cached(path, fields)
     if loaded is not None:
@@ -310,8 +314,9 @@ def reference_stats(
     # A fixed permutation: the first `hold` images are the floor's, the next `ref` the reference.
     order = np.random.default_rng(SELECTION_SEED).permutation(n)
     hold_idx, ref_idx = np.sort(order[:hold]), np.sort(order[hold : hold + ref])
-    mu, sigma = statistics(activations(images[ref_idx], model, batch_size, desc=f"reference stats ({ref} images)"))
-    held = activations(images[hold_idx], model, batch_size, desc=f"real floor ({hold} images)")
+    seen = view[1] if view else (lambda x: x)
+    mu, sigma = statistics(activations(seen(images[ref_idx]), model, batch_size, desc=f"reference stats ({ref} images)"))
+    held = activations(seen(images[hold_idx]), model, batch_size, desc=f"real floor ({hold} images)")
     floor = frechet_distance_to_features(held, mu, sigma)
     with atomic_path(path, suffix=".npz") as tmp:
         np.savez(tmp, mu=mu, sigma=sigma, floor=np.float64(floor), fields=json.dumps(fields, sort_keys=True))

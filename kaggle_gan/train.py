@@ -42,41 +42,79 @@ from . import distributed
 from .checkpoint import candidates, check_compatible, load_latest, save_checkpoint, save_generator
 from .augment import AugmentedCritic
 from .config import Config, validate
-from .data import Batch, DeviceImages, Source, load_prepared
+from .data import Batch, DeviceImages, Source, load_prepared, resize_images
 from .io import RunLock, UserError, atomic_path, write_json
 from .losses import StepContext, build_loss
 from .models import bind, build_models
 from .runtime import resolve_device
 
+STANDING_BATCHES = 16  # batches of noise that measure the EMA generator's batch-norm statistics
+STANDING_SEED = 7
 LOG_FIELDS = ["step", "epoch", "kimg", "seconds", "img_per_s", "d_loss", "g_loss"]
 
 
 class EMA:
-    """An exponential moving average of the generator (``torch.optim.swa_utils.AveragedModel``).
+    """An exponential moving average of the generator's weights (``torch.optim.swa_utils.AveragedModel``).
 
     The decay ramps up as min(decay, (1 + n) / (10 + n)) over the first
     updates, so short runs are not dominated by the random initialisation.
-    Buffers (batch-norm statistics) are averaged too.
+    Batch-norm statistics are not averaged: averaged weights need statistics
+    of their own, which :meth:`calibrated` measures on fresh noise before the
+    copy is used ("standing statistics", BigGAN; SWA's ``update_bn``). The
+    average of the live generator's running statistics drew darker, flatter
+    images: the same baseline checkpoint scored proxy FID 4.8 with it and 1.5
+    with measured statistics in the race (README).
     """
 
     def __init__(self, G: nn.Module, decay: float):
         self.decay = decay
         self.updates = 0
-        self.model = AveragedModel(G, multi_avg_fn=self._average, use_buffers=True)
+        self.model = AveragedModel(G, multi_avg_fn=self._average, use_buffers=False)
         self.model.eval()
+        self._calibrated_at = -1  # self.updates when the statistics were last measured
 
     @torch.no_grad()
     def _average(self, averaged: List[torch.Tensor], current: List[torch.Tensor], _n) -> None:
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
         for a, c in zip(averaged, current):
-            if a.is_floating_point():
-                a.lerp_(c, 1 - d)
-            else:  # integer buffers such as num_batches_tracked
-                a.copy_(c)
+            a.lerp_(c, 1 - d)
 
     def update(self, G: nn.Module) -> None:
         self.model.update_parameters(G)
         self.updates += 1
+
+    def load(self, state: Dict[str, torch.Tensor], updates: int) -> None:
+        self.model.load_state_dict(state)
+        self.updates = updates
+        self._calibrated_at = -1  # measure again: checkpoints of older versions hold averaged statistics
+
+    @torch.no_grad()
+    def calibrated(self, z_dim: int, classes: int, batch_size: int, device: torch.device) -> nn.Module:
+        """The averaged generator, in eval mode, with batch-norm statistics measured for its weights.
+
+        Each batch norm's running mean and variance become the plain average
+        over ``STANDING_BATCHES`` training-sized batches of noise (and uniform
+        labels for a conditional generator) drawn from a fixed seed, so the
+        result depends on the weights alone: not on when it is called, and
+        without touching the training's random streams.
+        """
+        G = self.model.module
+        norms = [m for m in G.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if norms and self._calibrated_at != self.updates:
+            momenta = [m.momentum for m in norms]
+            for m in norms:
+                m.reset_running_stats()
+                m.momentum = None  # cumulative average over the batches below
+            G.train()
+            noise = torch.Generator().manual_seed(STANDING_SEED)
+            for _ in range(STANDING_BATCHES):
+                z = torch.randn(batch_size, z_dim, generator=noise).to(device)
+                y = torch.randint(classes, (batch_size,), generator=noise).to(device) if classes else None
+                bind(G, y)(z)
+            for m, momentum in zip(norms, momenta):
+                m.momentum = momentum
+            self._calibrated_at = self.updates
+        return G.eval()
 
 
 @dataclass
@@ -117,16 +155,6 @@ def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     """The data order of one epoch, a function of (seed, epoch) alone: resuming re-derives it."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=g)
-
-
-def _resize_images(images: np.ndarray, size: int) -> np.ndarray:
-    """(N, H, W, 3) uint8 -> (N, size, size, 3) uint8 with antialiased bilinear resampling."""
-    out = []
-    for i in range(0, len(images), 4096):
-        x = torch.from_numpy(np.array(images[i : i + 4096])).permute(0, 3, 1, 2).float()
-        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        out.append(x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
-    return np.concatenate(out)
 
 
 class Trainer:
@@ -199,7 +227,7 @@ class Trainer:
             labels, sha = prepared.labels, f"{sha}+{prepared.meta['labels_sha256']}"
         if images.shape[1] != cfg.model.resolution:
             print(f"train: prepared images are {images.shape[1]}px, resizing once to model.resolution={cfg.model.resolution}")
-            images = _resize_images(images, cfg.model.resolution)
+            images = resize_images(images, cfg.model.resolution)
         return DeviceImages(images, self._data_device(images), self.channels_last, labels=labels,
                             classes=len(prepared.classes) if labels is not None else 0, flip=cfg.train.flip,
                             sha256=sha)
@@ -260,6 +288,8 @@ class Trainer:
         rng = {"torch": torch.get_rng_state(), "loop": self.gen.get_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.ema:
+            self.sampler()  # the saved copy carries batch-norm statistics measured for its weights
         return {
             "config": self.cfg.to_dict(),
             "step": self.step,
@@ -294,8 +324,7 @@ class Trainer:
         self.G.load_state_dict(state["G"])
         self.D.load_state_dict(state["D"])
         if self.ema:
-            self.ema.model.load_state_dict(state["G_ema"])
-            self.ema.updates = state["ema_updates"]
+            self.ema.load(state["G_ema"], state["ema_updates"])
         self.opt_G.load_state_dict(state["opt_G"])
         self.opt_D.load_state_dict(state["opt_D"])
         self.scaler_G.load_state_dict(state["scaler_G"])
@@ -373,7 +402,10 @@ class Trainer:
 
     def sampler(self) -> nn.Module:
         """The generator used for pictures and generation: the EMA copy when there is one."""
-        return self.ema.model.module if self.ema else self.G
+        if self.ema is None:
+            return self.G
+        m = self.cfg.model
+        return self.ema.calibrated(m.z_dim, m.classes, self.cfg.train.batch_size, self.device)
 
     def run(self) -> Path:
         """Train to ``total_steps`` (resuming wherever the run stopped); returns ``generator.pt``."""

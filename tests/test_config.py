@@ -10,7 +10,7 @@ def test_presets_state_their_differences():
             base.train.seed, base.loss.name) == (1, 64, 1e-4, 0.5, 100, 2022, "bce")
     assert medium.train.epochs > base.train.epochs and medium.loss == base.loss
     assert (wgan.loss.name, wgan.optim.name, wgan.loss.n_critic) == ("wgan", "rmsprop", 5)
-    assert (strong.loss.name, strong.model.d_norm, strong.loss.gp_lambda, strong.loss.n_critic) == ("wgan-gp", "instance", 10.0, 5)
+    assert (strong.loss.name, strong.model.d_norm, strong.loss.gp_lambda, strong.loss.n_critic) == ("wgan-gp", "instance", 10.0, 2)
     for p in PRESETS.values():
         assert all(reason for _, _, reason in p.changes), p.name
 

@@ -151,6 +151,15 @@ def test_reference_cache_hit_miss_and_invalidation(proxy0, tmp_path):
     assert not list(tmp_path.glob(".tmp-*"))
 
 
+def test_reference_view_transforms_the_chosen_images_and_keys_the_cache(proxy0, tmp_path):
+    images = _images(12, 32, seed=3)
+    plain = fid.reference_stats(images, "aaaa", proxy0, tmp_path, ref_count=6)
+    dark = fid.reference_stats(images, "aaaa", proxy0, tmp_path, ref_count=6, view=("dark", lambda x: x // 4))
+    assert not dark.cache_hit and dark.path != plain.path and not np.allclose(dark.mu, plain.mu)
+    again = fid.reference_stats(images, "aaaa", proxy0, tmp_path, ref_count=6, view=("dark", lambda x: x // 4))
+    assert again.cache_hit and np.array_equal(again.mu, dark.mu)
+
+
 def test_everything_that_changes_the_statistics_changes_the_key():
     base = dict(shape=(12, 64, 64, 3), images_sha256="aaaa", weights_identity="random:0", ref=6, hold=6)
     key = fid.reference_key(**base)[0]

@@ -1,5 +1,8 @@
 """The race on a tiny budget: same budget per preset, twins reported once, CSV + PNG + a labelled proxy FID."""
+import json
 import subprocess
+
+import numpy as np
 
 import pandas as pd
 import pytest
@@ -37,6 +40,9 @@ def test_race_trains_each_recipe_once_for_the_same_budget(prepared, tmp_path, ca
     assert torch.load(work / "runs" / "boss" / "generator.pt", weights_only=True)["step"] == 4
     assert (work / "runs" / "boss" / "point-0000004.json").is_file()  # scores kept for a re-run
     assert len(table) == 6
+    # the reference is the training images as the 32px models saw them (down and back up), not at 64px
+    (ref_file,) = (work / "cache" / "fid").glob("ref-*.npz")
+    assert json.loads(str(np.load(ref_file)["fields"]))["view"] == "32px-and-back"
 
     # run again: every point is reused (no training), the numbers are the same
     (work / "runs" / "boss" / "checkpoints" / "last.pt").unlink()

@@ -79,3 +79,53 @@ def test_a_second_process_on_the_same_run_is_refused(tmp_path):
         with pytest.raises(UserError, match="in use by pid"):
             with RunLock(tmp_path):
                 pass
+
+
+def _bn_gap(G, z):
+    """How far eval mode (running statistics) is from train mode (the batch's own statistics) on ``z``."""
+    with torch.no_grad():
+        G.train()
+        batch_stats = G(z)
+        G.eval()
+        return (G(z) - batch_stats).abs().mean().item()
+
+
+def test_ema_generator_gets_batch_norm_statistics_measured_for_its_weights():
+    """Averaged weights with averaged running statistics draw washed-out images (the race's FID); measured
+    statistics make eval mode agree with what train-mode batch norm computes for a large batch."""
+    from kaggle_gan.models import build_models
+    from kaggle_gan.train import EMA
+
+    cfg = resolve("baseline", TINY).model
+    torch.manual_seed(0)
+    G, _ = build_models(cfg)
+    ema = EMA(G, 0.9)
+    for _ in range(5):  # weights move; the copy's buffers stay as built (mean 0, variance 1)
+        with torch.no_grad():
+            for p in G.parameters():
+                p.mul_(1.5).add_(0.2)
+        ema.update(G)
+    z = torch.randn(1024, cfg.z_dim, generator=torch.Generator().manual_seed(1))
+    stale = _bn_gap(ema.model.module, z)
+    rng = torch.get_rng_state()
+    calibrated = ema.calibrated(cfg.z_dim, 0, 64, torch.device("cpu"))
+    assert torch.equal(torch.get_rng_state(), rng), "calibration must not draw from the global stream"
+    assert not calibrated.training
+    first = {k: v.clone() for k, v in calibrated.state_dict().items()}
+    measured = _bn_gap(calibrated, z)  # (its train-mode pass moves the running statistics again)
+    assert measured < 0.2 * stale, (measured, stale)
+    ema.load(ema.model.state_dict(), ema.updates)  # forces a second measurement: same noise, same numbers
+    again = ema.calibrated(cfg.z_dim, 0, 64, torch.device("cpu")).state_dict()
+    for k in first:
+        assert torch.equal(first[k], again[k]), k
+
+
+def test_checkpoint_and_generator_hold_the_measured_statistics(prepared, tmp_path):
+    out = train(tiny("baseline", train__max_steps=4), prepared, tmp_path / "r", device="cpu", progress=False)
+    exported = torch.load(out, weights_only=True)["G"]
+    saved = {k[len("module."):]: v for k, v in load_latest(tmp_path / "r" / "checkpoints")["G_ema"].items()
+             if k.startswith("module.")}
+    means = [k for k in exported if k.endswith("running_mean")]
+    assert means and any(exported[k].abs().sum() > 0 for k in means)  # measured, not the initial zeros
+    for k in exported:
+        assert torch.equal(exported[k], saved[k]), k
