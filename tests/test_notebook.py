@@ -64,4 +64,7 @@ def test_the_notebook_runs_on_a_kaggle_like_layout(tmp_path):
     assert not [o for o in outputs if o.output_type == "error"]
     pictures = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(pictures) >= 3  # sample grid, loss curve, neighbour sheet, shown inline
-    assert any("text/html" in o.get("data", {}) for o in outputs)  # the score table
+    if CASCADE.is_file():
+        assert any("text/html" in o.get("data", {}) for o in outputs)  # the score table
+    else:  # offline without the detector the notebook says why it skips scoring, and packs all the same
+        assert any("score skipped" in o.get("text", "") for o in outputs)
