@@ -269,7 +269,7 @@ def reference_key(
     shape: Tuple[int, ...], images_sha256: str, weights_identity: str, ref: int, hold: int, view: str = ""
 ) -> Tuple[str, dict]:
     """Cache key and the fields it hashes: everything that changes the reference statistics."""
-    fields = {**({"view": view} if view else {}),
+    fields = {
         "format": CACHE_FORMAT,
         "images_sha256": images_sha256,
         "n_images": int(shape[0]),
@@ -280,6 +280,8 @@ def reference_key(
         "holdout": int(hold),
         "selection_seed": SELECTION_SEED,
     }
+    if view:  # left out otherwise, so reference caches written before views existed keep their keys
+        fields["view"] = view
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20], fields
 
 
