@@ -36,6 +36,9 @@ FID_WEIGHTS = WeightsSpec(
 )
 HOLDOUT = 1000  # held-out real images for the floor: as many as a submission, so both carry the same small-sample bias
 SELECTION_SEED = 0
+# Half-samples behind a FID's +- (half_sample_sd): under 0.1 s each for 1000 images on 2 CPU cores; 30 pin the
+# standard deviation to about +-13%.
+SD_ROUNDS = 30
 CACHE_FORMAT = 1
 
 
@@ -234,6 +237,28 @@ def frechet_distance_to_features(features: np.ndarray, mu: np.ndarray, sigma: np
     diff = mean - np.asarray(mu, np.float64)
     value = float(diff @ diff + np.einsum("ij,ij->", b, b) + np.trace(s) - 2.0 * np.sqrt(np.clip(eig, 0.0, None)).sum())
     return max(value, 0.0)
+
+
+def half_sample_sd(features: np.ndarray, mu: np.ndarray, sigma: np.ndarray, rounds: int = SD_ROUNDS,
+                   seed: int = 0) -> float:
+    """How much the FID of ``features`` would move with another draw of as many images, the reference fixed.
+
+    The standard deviation of the FID over ``rounds`` random halves of the
+    rows, drawn without replacement: the delete-d jackknife with d = n/2
+    (Shao and Wu 1989), whose variance factor (n - d) / d is then 1. The usual
+    bootstrap (with replacement) repeats rows, which lowers the rank of the
+    covariance and overstates the spread when there are fewer images than
+    features: 4-5x at 300 images of 600 features in our checks, where halves
+    stayed within 0.8-1.3x of fresh draws. Gaps between two runs smaller than
+    about twice this do not rank them. Seeded; the global random state is left alone.
+    """
+    f = np.asarray(features, dtype=np.float64)
+    if rounds < 2 or len(f) < 6:
+        raise ValueError(f"need at least 2 rounds and 6 feature rows, got {rounds} rounds and {len(f)} rows")
+    rng = np.random.default_rng(seed)
+    half = len(f) // 2
+    values = [frechet_distance_to_features(f[rng.permutation(len(f))[:half]], mu, sigma) for _ in range(rounds)]
+    return float(np.std(values, ddof=1))
 
 
 # --- reference statistics of the training data -------------------------------

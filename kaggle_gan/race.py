@@ -21,6 +21,7 @@ steps: that is its cost, and the race charges it.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ DEFAULT_COUNT = 1000  # images per point for AFD (+-1.6% at a rate of 0.5), and 
 # the two halves of one generator's 1000 images scored 0.099 and 0.252 (proxy FID), too loose to rank presets
 DEFAULT_FID_COUNT = 250  # of them, scored by FID at every point (the curve)
 DEFAULT_REF_COUNT = 1000  # reference images, plus 1000 held out for the floor: ~2.5 min of Inception on 2 cores
-COLUMNS = ["preset", "same_as", "point", "kimg", "steps", "g_steps", "train_s", "afd", "fid_small", "fid",
+COLUMNS = ["preset", "same_as", "point", "kimg", "steps", "g_steps", "train_s", "afd", "fid_small", "fid", "fid_sd",
            "n_images", "fid_small_images", "fid_label"]
 
 
@@ -110,7 +111,7 @@ def race(
 
     At every point: AFD on ``count`` images and FID on the first ``fid_count``
     of them (``fid_small``, comparable along the curve); at the last point also
-    the FID of all ``count`` (``fid``). Presets whose recipe is the same at a
+    the FID of all ``count`` (``fid``) and its half-sample standard deviation (``fid_sd``). Presets whose recipe is the same at a
     fixed budget (medium is baseline trained longer) are trained once and
     reported with ``same_as``. ``overrides`` apply to every preset (for
     ablations: ``{"train.augment": ""}``). The FID reference statistics are
@@ -175,10 +176,10 @@ def race(
                     shutil.copyfile(run / "generator.pt", tmp)
             scored = run / f"point-{steps:07d}.json"  # this point's scores, reused while the scoring is the same
             how = {"count": count, "fid_count": fid_count, "fid_key": f"{model.weights.identity}|{ref.key}",
-                   "detector": det.describe(), "last": steps == marks[-1]}
+                   "detector": det.describe(), "last": steps == marks[-1], "fid_sd_rounds": fid_mod.SD_ROUNDS}
             cached = read_json(scored) if scored.is_file() else None
             if cached is not None and cached.get("how") == json.loads(json.dumps(how)):
-                rate, small, full = cached["afd"], cached["fid_small"], cached["fid"]
+                rate, small, full, full_sd = cached["afd"], cached["fid_small"], cached["fid"], cached["fid_sd"]
             else:
                 images_dir = generate(snapshot, run / "images", n=count, seed=0, size=64, device=device)
                 names, images, _ = load_image_folder(images_dir, size, prepared.meta.get("resample", "bilinear"))
@@ -187,14 +188,15 @@ def race(
                                             desc=f"{e.preset} @ {steps} steps")
                 small = fid_mod.frechet_distance_to_features(feats[:fid_count], ref.mu, ref.sigma)
                 full = fid_mod.frechet_distance_to_features(feats, ref.mu, ref.sigma) if how["last"] else None
-                write_json(scored, {"how": how, "afd": rate, "fid_small": small, "fid": full})
+                full_sd = fid_mod.half_sample_sd(feats, ref.mu, ref.sigma) if how["last"] and count >= 6 else None
+                write_json(scored, {"how": how, "afd": rate, "fid_small": small, "fid": full, "fid_sd": full_sd})
             seconds = _train_seconds(run, steps)
             rows.append({
                 "preset": e.preset, "same_as": "", "point": point, "kimg": steps * batch_size / 1000, "steps": steps,
                 "g_steps": steps // cfg.loss.n_critic, "train_s": seconds, "afd": rate, "fid_small": small,
-                "fid": full, "n_images": count, "fid_small_images": fid_count, "fid_label": label,
+                "fid": full, "fid_sd": full_sd, "n_images": count, "fid_small_images": fid_count, "fid_label": label,
             })
-            fid_text = f", FID {full:.3g}" if full is not None else ""
+            fid_text = f", FID {full:.3g}" + (f" +- {full_sd:.2g}" if full_sd is not None else "") if full is not None else ""
             print(f"race: {e.preset} {steps * batch_size / 1000:.1f}k images, {seconds:.0f} s of training: "
                   f"AFD {rate:.3f}, {label} on {fid_count} {small:.3g}{fid_text} "
                   f"(point took {time.perf_counter() - t0:.0f} s)")
@@ -208,6 +210,8 @@ def race(
           f"{(time.perf_counter() - started) / 60:.1f} min after the reference statistics")
     print(final.to_string(index=False))
     print(f"for scale: {ref.holdout} held-out real images score {label} {ref.floor:.3g} against the same reference")
+    print("+-: AFD's binomial standard error; the FID's half-sample standard deviation over the generated images "
+          "(reference fixed). Gaps smaller than about twice the +- do not rank two presets")
     if model.weights.is_random:
         print(f"note: {label} uses randomly initialised Inception weights: a proxy, comparable only within one "
               "race (same weights, same reference statistics), never with published FIDs")
@@ -245,8 +249,8 @@ def final_table(table: "pd.DataFrame") -> "pd.DataFrame":  # noqa: F821
     out = last.assign(
         kimg=last.kimg.map(lambda v: f"{v:.1f}"),
         train_min=(last.train_s / 60).map(lambda v: f"{v:.1f}"),
-        afd=last.afd.map(lambda v: f"{v:.3f}"),
-        fid=last.fid.map(lambda v: f"{v:.3g}"),
+        afd=[f"{p:.3f} +- {math.sqrt(p * (1 - p) / n):.3f}" for p, n in zip(last.afd, last.n_images)],
+        fid=[f"{v:.3g}" + (f" +- {sd:.2g}" if sd == sd and sd is not None else "") for v, sd in zip(last.fid, last.fid_sd)],
         same_as=last.same_as.fillna("").replace("", "-"),
     )[["preset", "same_as", "kimg", "steps", "g_steps", "train_min", "afd", "fid"]]
     order = last.afd.astype(float).rank(ascending=False, method="first").values

@@ -266,6 +266,7 @@ def score(
         fid_report = {
             "status": "ok",
             "value": value,
+            "sd": fid_mod.half_sample_sd(feats, ref.mu, ref.sigma) if len(feats) >= 6 else None,
             "label": model.label,
             "proxy": model.weights.is_random,
             "key": fid_key,
@@ -321,8 +322,9 @@ def render(report: dict) -> str:
     if fid["status"] == "ok":
         pos = fid.get("position")
         where = f", {pos:.2f} of the way from the floor to the sample code" if pos is not None else ""
+        sd = f" +- {fid['sd']:.2f} (sd over halves of the images)" if fid.get("sd") is not None else ""
         lines.append(
-            f"{fid['label']} {fid['value']:.2f} (real-data floor {fid['anchors']['real_floor']:.2f}{where}); "
+            f"{fid['label']} {fid['value']:.2f}{sd} (real-data floor {fid['anchors']['real_floor']:.2f}{where}); "
             f"judge FID limits are on another scale ({fid['resize_policy']}, {fid['reference']['count']} reference images)"
         )
     lines.append(f"AFD: {report['afd']['detected']}/{report['n_images']} images with a face ({report['afd']['detector']['name']})")

@@ -56,6 +56,25 @@ def test_feature_route_matches_the_covariance_route():
     assert fid.frechet_distance_to_features(other, mu, sigma) == pytest.approx(0.0, abs=1e-8)  # N - 1 >= D route
 
 
+def test_half_sample_sd_matches_the_spread_of_fresh_draws():
+    # Fewer images than features, as in the race (1000 of 2048): the spread over one draw's halves should be the
+    # spread the FID really has over fresh draws from the same generator, within sampling error.
+    rng = np.random.default_rng(6)
+    scale = np.linspace(0.5, 1.5, 200)
+    mu, sigma = fid.statistics(rng.normal(size=(4000, 200)))
+    fresh = [fid.frechet_distance_to_features(rng.normal(size=(100, 200)) * scale + 0.05, mu, sigma) for _ in range(200)]
+    one = rng.normal(size=(100, 200)) * scale + 0.05
+    sd = fid.half_sample_sd(one, mu, sigma, rounds=100)
+    assert 0.7 < sd / np.std(fresh) < 1.5
+    # repeatable from its own seed, global random state untouched; more images, a smaller sd
+    state = np.random.get_state()
+    assert fid.half_sample_sd(one, mu, sigma) == fid.half_sample_sd(one, mu, sigma)
+    assert np.array_equal(np.random.get_state()[1], state[1])
+    assert fid.half_sample_sd(rng.normal(size=(1600, 200)) * scale + 0.05, mu, sigma) < sd / 2
+    with pytest.raises(ValueError, match="at least 2 rounds"):
+        fid.half_sample_sd(one, mu, sigma, rounds=1)
+
+
 def test_statistics_need_two_rows():
     with pytest.raises(ValueError):
         fid.statistics(np.zeros((1, 4)))

@@ -34,6 +34,8 @@ def test_race_trains_each_recipe_once_for_the_same_budget(prepared, tmp_path, ca
     assert (csv.groupby("preset").steps.max() == 4).all()  # 64 images / batch 16, for every preset
     last = csv[csv.point == 2]
     assert last.fid.notna().all() and csv[csv.point == 1].fid.isna().all()
+    assert (last.fid_sd > 0).all() and csv[csv.point == 1].fid_sd.isna().all()
+    assert "+-" in out and "do not rank two presets" in out
     base, medium = (last[last.preset == p].iloc[0] for p in ("baseline", "medium"))
     assert medium.same_as == "baseline" and medium.afd == base.afd and medium.fid == base.fid
     assert not (work / "runs" / "medium").exists()  # not trained twice

@@ -98,6 +98,12 @@ def test_proxy_fid_with_cache_and_sample_code_anchor(data_dir, tmp_path, offline
     assert second["fid"]["anchors"]["sample_code"] == pytest.approx(fid["value"])
     assert second["fid"]["anchors"]["real_floor"] == fid["anchors"]["real_floor"]
     assert (tmp_path / "mine.afd.csv").is_file()
+    # the FID's spread over halves of the images: printed with it from 6 images up
+    assert second["fid"]["sd"] is None and "+-" not in score_mod.render(second)
+    eight = write_images(tmp_path / "eight", [40, 70, 100, 130, 160, 190, 220, 250])
+    third = score_mod.score(eight, data_dir, tmp_path / "work8", inception_weights="random:0", detector=Bright(), device="cpu",
+                            ref_count=6, run="eight", out=tmp_path / "eight.json", quiet=True)
+    assert third["fid"]["sd"] > 0 and f"+- {third['fid']['sd']:.2f}" in score_mod.render(third)
 
     board = score_mod.leaderboard(work)
     assert sorted(board.run.tolist()) == ["baseline", "mine"]
