@@ -39,8 +39,8 @@ DEFAULT_KIMG = 128.0
 DEFAULT_RESOLUTION = 32
 DEFAULT_WIDTH = 32
 DEFAULT_POINTS = 3
-DEFAULT_COUNT = 1000  # images per point for AFD (+-1.6% at a rate of 0.5), and the last point's FID: with 500
-# the two halves of one generator's 1000 images scored 0.099 and 0.252 (proxy FID), too loose to rank presets
+DEFAULT_COUNT = 1000  # images per point for AFD (+-1.6% at a rate of 0.5), and the last point's FID with its +-
+# (fid.half_sample_sd): a submission's count; the README measures how far the proxy FID moves between draws
 DEFAULT_FID_COUNT = 250  # of them, scored by FID at every point (the curve)
 DEFAULT_REF_COUNT = 1000  # reference images, plus 1000 held out for the floor: ~2.5 min of Inception on 2 cores
 COLUMNS = ["preset", "same_as", "point", "kimg", "steps", "g_steps", "train_s", "afd", "fid_small", "fid", "fid_sd",
@@ -111,8 +111,8 @@ def race(
 
     At every point: AFD on ``count`` images and FID on the first ``fid_count``
     of them (``fid_small``, comparable along the curve); at the last point also
-    the FID of all ``count`` (``fid``) and its half-sample standard deviation (``fid_sd``). Presets whose recipe is the same at a
-    fixed budget (medium is baseline trained longer) are trained once and
+    the FID of all ``count`` (``fid``) and its half-sample standard deviation
+    (``fid_sd``, :func:`kaggle_gan.fid.half_sample_sd`). Presets whose recipe is the same at a fixed budget (medium is baseline trained longer) are trained once and
     reported with ``same_as``. ``overrides`` apply to every preset (for
     ablations: ``{"train.augment": ""}``). The FID reference statistics are
     cached in ``fid_cache`` (default ``work/cache/fid``). Writes ``race.csv``
@@ -122,7 +122,7 @@ def race(
 
     from . import afd as afd_mod
     from . import fid as fid_mod
-    from .data import load_prepared, resize_images
+    from .data import load_prepared
     from .generate import generate
     from .runtime import resolve_device
     from .score import load_image_folder
@@ -145,11 +145,7 @@ def race(
     print(f"race: {len(presets)} presets x {total_steps} steps of {batch_size} "
           f"({total_steps * batch_size / 1000:.1f}k images shown to the critic), {resolution}px, width {width}, "
           f"scored at {', '.join(str(m) for m in marks)} steps; {label}")
-    view = None
-    if resolution < size:
-        # The models draw `resolution`-px images that generation scales up: the reference is the training images
-        # seen the same way (down, then up), so FID compares what the models learned, not the blur they all share.
-        view = (f"{resolution}px-and-back", lambda x: resize_images(resize_images(x, resolution), size))
+    view = reference_view(resolution, size)
     ref = fid_mod.reference_stats(prepared.images, prepared.meta["images_sha256"], model,
                                   Path(fid_cache) if fid_cache else work / "cache" / "fid", ref_count, view=view)
 
@@ -196,7 +192,7 @@ def race(
                 "g_steps": steps // cfg.loss.n_critic, "train_s": seconds, "afd": rate, "fid_small": small,
                 "fid": full, "fid_sd": full_sd, "n_images": count, "fid_small_images": fid_count, "fid_label": label,
             })
-            fid_text = f", FID {full:.3g}" + (f" +- {full_sd:.2g}" if full_sd is not None else "") if full is not None else ""
+            fid_text = f", FID {_pm(full, full_sd)}" if full is not None else ""
             print(f"race: {e.preset} {steps * batch_size / 1000:.1f}k images, {seconds:.0f} s of training: "
                   f"AFD {rate:.3f}, {label} on {fid_count} {small:.3g}{fid_text} "
                   f"(point took {time.perf_counter() - t0:.0f} s)")
@@ -210,13 +206,27 @@ def race(
           f"{(time.perf_counter() - started) / 60:.1f} min after the reference statistics")
     print(final.to_string(index=False))
     print(f"for scale: {ref.holdout} held-out real images score {label} {ref.floor:.3g} against the same reference")
-    print("+-: AFD's binomial standard error; the FID's half-sample standard deviation over the generated images "
-          "(reference fixed). Gaps smaller than about twice the +- do not rank two presets")
+    print("+-: AFD's binomial standard error; the FID's spread over halves of the generated images (reference "
+          "fixed). Gaps under about twice the +- do not rank two presets; the reference's own sample adds more")
     if model.weights.is_random:
         print(f"note: {label} uses randomly initialised Inception weights: a proxy, comparable only within one "
               "race (same weights, same reference statistics), never with published FIDs")
     print(f"race: wrote {csv_path} and {png_path}")
     return table
+
+
+def reference_view(resolution: int, size: int):
+    """The race's FID reference view: None, or (name, function) when the models train below the data's size.
+
+    The models draw ``resolution``-px images that generation scales up to ``size``: the reference is the
+    training images seen the same way (down, then up), so FID compares what the models learned, not the blur
+    they all share.
+    """
+    if resolution >= size:
+        return None
+    from .data import resize_images
+
+    return f"{resolution}px-and-back", lambda x: resize_images(resize_images(x, resolution), size)
 
 
 def _train_seconds(run: Path, steps: int) -> float:
@@ -240,6 +250,11 @@ def _check_settings(work: Path, settings: dict) -> None:
         write_json(path, settings)
 
 
+def _pm(value: float, sd: Optional[float]) -> str:
+    """``0.0763 +- 0.015``, or the value alone when there is no spread (fewer than 6 images)."""
+    return f"{value:.3g}" + (f" +- {sd:.2g}" if sd is not None and not math.isnan(sd) else "")
+
+
 def final_table(table: "pd.DataFrame") -> "pd.DataFrame":  # noqa: F821
     """The last point of each preset, best AFD first: what ``make race`` prints and the README shows."""
     import numpy as np
@@ -250,7 +265,7 @@ def final_table(table: "pd.DataFrame") -> "pd.DataFrame":  # noqa: F821
         kimg=last.kimg.map(lambda v: f"{v:.1f}"),
         train_min=(last.train_s / 60).map(lambda v: f"{v:.1f}"),
         afd=[f"{p:.3f} +- {math.sqrt(p * (1 - p) / n):.3f}" for p, n in zip(last.afd, last.n_images)],
-        fid=[f"{v:.3g}" + (f" +- {sd:.2g}" if sd == sd and sd is not None else "") for v, sd in zip(last.fid, last.fid_sd)],
+        fid=[_pm(v, sd) for v, sd in zip(last.fid, last.fid_sd)],
         same_as=last.same_as.fillna("").replace("", "-"),
     )[["preset", "same_as", "kimg", "steps", "g_steps", "train_min", "afd", "fid"]]
     order = last.afd.astype(float).rank(ascending=False, method="first").values

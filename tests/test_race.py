@@ -1,6 +1,7 @@
 """The race on a tiny budget: same budget per preset, twins reported once, CSV + PNG + a labelled proxy FID."""
 import json
 import subprocess
+import sys
 
 import numpy as np
 
@@ -8,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import CASCADE, cli, needs_cascade
+from conftest import CASCADE, REPO, cli, needs_cascade
 from kaggle_gan.config import resolve
 from kaggle_gan.io import UserError
 from kaggle_gan.race import race, race_config
@@ -56,6 +57,16 @@ def test_race_trains_each_recipe_once_for_the_same_budget(prepared, tmp_path, ca
     with pytest.raises(UserError, match="holds a race with kimg=0.064"):
         race(prepared, work, presets=["baseline"], kimg=0.128, points=2, width=8, batch_size=16, count=8,
              fid_count=4, ref_count=8, inception_weights="random:0", detector=str(CASCADE), device="cpu")
+
+    # the noise script: its seed-0 draw is the set the race scored, so it reproduces the race's numbers
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "fid_noise.py"), "--race", str(work),
+                          "--data", str(prepared), "--fid-cache", str(work / "cache" / "fid"), "--presets", "boss",
+                          "--seeds", "2", "--count", "8", "--ref-count", "8", "--detector", str(CASCADE)],
+                         capture_output=True, text=True, check=True).stdout
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] == ["boss"]]
+    boss = last[last.preset == "boss"].iloc[0]
+    assert [r[1] for r in rows] == ["0", "1"] and "the race's reference: 8 images (cached)" in out
+    assert float(rows[0][4]) == pytest.approx(boss.fid, abs=6e-5) and float(rows[0][2]) == pytest.approx(boss.afd, abs=6e-4)
 
 
 def test_race_command_is_listed():
