@@ -33,10 +33,11 @@ def main() -> None:
     p.add_argument("--fid-cache", help="the race's reference-statistics cache (default: WORK/cache/fid)")
     p.add_argument("--presets", default="", help="comma-separated (default: every run in the race)")
     p.add_argument("--seeds", type=int, default=3, help="draws per preset (default: %(default)s)")
-    p.add_argument("--count", type=int, help="images per draw (default: the race's)")
-    p.add_argument("--ref-count", type=int, help="reference images (default: the race's)")
+    p.add_argument("--count", type=int, help="images per draw (default: the race's default, 1000)")
+    p.add_argument("--ref-count", type=int, help="reference images, as the race had (default: the race's default, 1000)")
     p.add_argument("--ref-draws", type=int, default=0,
-                   help="other references of as many training images, to score every draw against too (default: %(default)s)")
+                   help="other references of as many training images, each draw scored against them too "
+                        "(default: %(default)s)")
     p.add_argument("--inception-weights", default="random:0", help="as the race used (default: %(default)s)")
     p.add_argument("--detector", help="cascade XML for AFD (default: the package's default detector)")
     p.add_argument("--device", default="cpu")
@@ -76,11 +77,16 @@ def main() -> None:
     print(f"{model.label}, the race's reference: {ref.count} images ({'cached' if ref.cache_hit else 'computed'}), "
           f"real floor {ref.floor:.3g}; {count} images per draw; FID against the race's reference"
           + (f", then against {a.ref_draws} others" if a.ref_draws else ""))
-    print(f"{'preset':>9} {'seed':>4} {'AFD':>6} {'half-sd':>8} {'FID':>8}" + "".join(f" {'ref ' + str(r):>8}" for r in range(1, len(refs))))
+    others = "".join(f" {'ref ' + str(r):>8}" for r in range(1, len(refs)))
+    print(f"{'preset':>9} {'seed':>4} {'AFD':>6} {'half-sd':>8} {'FID':>8}{others}")
     summary = []
     with tempfile.TemporaryDirectory() as tmp:
         for preset in presets:
-            generator = max((race_dir / "runs" / preset).glob("generator-*.pt"))
+            snapshots = sorted((race_dir / "runs" / preset).glob("generator-*.pt"))
+            if not snapshots:
+                raise SystemExit(f"{race_dir / 'runs' / preset} holds no generator-*.pt: was {preset} raced? "
+                                 "(medium is raced as baseline)")
+            generator = snapshots[-1]
             afds, fids, sds = [], [], []  # fids[seed][reference]
             for seed in range(a.seeds):
                 out = generate(generator, Path(tmp) / f"{preset}-{seed}", n=count, seed=seed, size=64, device=a.device)
@@ -89,14 +95,15 @@ def main() -> None:
                 feats = fid_mod.activations(images, model, desc=f"{preset} seed {seed}")
                 fids.append([fid_mod.frechet_distance_to_features(feats, mu, sigma) for mu, sigma in refs])
                 sds.append(fid_mod.half_sample_sd(feats, ref.mu, ref.sigma))
-                print(f"{preset:>9} {seed:>4} {afds[-1]:6.3f} {sds[-1]:8.4f}" + "".join(f" {v:8.4f}" for v in fids[-1]),
-                      flush=True)
+                scores = "".join(f" {v:8.4f}" for v in fids[-1])
+                print(f"{preset:>9} {seed:>4} {afds[-1]:6.3f} {sds[-1]:8.4f}{scores}", flush=True)
             race_ref = [row[0] for row in fids]
             line = (f"{preset:>9}: AFD {np.mean(afds):.3f} ({min(afds):.3f}-{max(afds):.3f}); FID against the race's "
                     f"reference {np.mean(race_ref):.4f} ({min(race_ref):.4f}-{max(race_ref):.4f}), sd over draws "
                     f"{_sd(race_ref):.4f}, median half-sample sd {statistics.median(sds):.4f}")
             if len(refs) > 1:
-                line += f"; seed 0 over all {len(refs)} references {min(fids[0]):.4f}-{max(fids[0]):.4f}, sd {_sd(fids[0]):.4f}"
+                line += (f"; seed 0 over all {len(refs)} references {min(fids[0]):.4f}-{max(fids[0]):.4f}, "
+                         f"sd {_sd(fids[0]):.4f}")
             summary.append(line)
     print("\n".join(["", *summary]))
 

@@ -249,7 +249,7 @@ def half_sample_sd(features: np.ndarray, mu: np.ndarray, sigma: np.ndarray, roun
     bootstrap (with replacement) repeats rows, which lowers the rank of the
     covariance and overstates the spread when there are fewer images than
     features: 4-5x at 300 images of 600 features in our checks, where halves
-    stayed within 0.8-1.3x of fresh draws. Gaps between two runs smaller than
+    stayed within 0.9-1.3x of fresh draws. Gaps between two runs smaller than
     about twice this do not rank them. Seeded; the global random state is left alone.
     """
     f = np.asarray(features, dtype=np.float64)

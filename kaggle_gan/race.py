@@ -112,8 +112,9 @@ def race(
     At every point: AFD on ``count`` images and FID on the first ``fid_count``
     of them (``fid_small``, comparable along the curve); at the last point also
     the FID of all ``count`` (``fid``) and its half-sample standard deviation
-    (``fid_sd``, :func:`kaggle_gan.fid.half_sample_sd`). Presets whose recipe is the same at a fixed budget (medium is baseline trained longer) are trained once and
-    reported with ``same_as``. ``overrides`` apply to every preset (for
+    (``fid_sd``, :func:`kaggle_gan.fid.half_sample_sd`). Presets whose recipe
+    is the same at a fixed budget (medium is baseline trained longer) are
+    trained once and reported with ``same_as``. ``overrides`` apply to every preset (for
     ablations: ``{"train.augment": ""}``). The FID reference statistics are
     cached in ``fid_cache`` (default ``work/cache/fid``). Writes ``race.csv``
     and ``race.png`` in ``work``, prints the final table and returns the rows.
