@@ -50,9 +50,7 @@ def main() -> None:
     from kaggle_gan import fid as fid_mod
     from kaggle_gan import race as race_mod
     from kaggle_gan.data import load_prepared
-    from kaggle_gan.generate import generate
     from kaggle_gan.io import read_json
-    from kaggle_gan.score import load_image_folder
 
     work = Path(a.work)
     race_dir = Path(a.race or work / "race")
@@ -89,9 +87,9 @@ def main() -> None:
             generator = snapshots[-1]
             afds, fids, sds = [], [], []  # fids[seed][reference]
             for seed in range(a.seeds):
-                out = generate(generator, Path(tmp) / f"{preset}-{seed}", n=count, seed=seed, size=64, device=a.device)
-                names, images, _ = load_image_folder(out, size, prepared.meta.get("resample", "bilinear"))
-                afds.append(afd_mod.detection_rate(images, det, names, progress=False).rate)
+                images, rate = race_mod.draw_images(generator, Path(tmp) / f"{preset}-{seed}", count, seed, prepared,
+                                                    det, a.device)
+                afds.append(rate)
                 feats = fid_mod.activations(images, model, desc=f"{preset} seed {seed}")
                 fids.append([fid_mod.frechet_distance_to_features(feats, mu, sigma) for mu, sigma in refs])
                 sds.append(fid_mod.half_sample_sd(feats, ref.mu, ref.sigma))

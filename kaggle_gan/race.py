@@ -124,9 +124,7 @@ def race(
     from . import afd as afd_mod
     from . import fid as fid_mod
     from .data import load_prepared
-    from .generate import generate
     from .runtime import resolve_device
-    from .score import load_image_folder
     from .train import train
 
     data_dir, work = Path(data_dir), Path(work)
@@ -178,9 +176,7 @@ def race(
             if cached is not None and cached.get("how") == json.loads(json.dumps(how)):
                 rate, small, full, full_sd = cached["afd"], cached["fid_small"], cached["fid"], cached["fid_sd"]
             else:
-                images_dir = generate(snapshot, run / "images", n=count, seed=0, size=64, device=device)
-                names, images, _ = load_image_folder(images_dir, size, prepared.meta.get("resample", "bilinear"))
-                rate = afd_mod.detection_rate(images, det, names, progress=False).rate
+                images, rate = draw_images(snapshot, run / "images", count, 0, prepared, det, device)
                 feats = fid_mod.activations(images if how["last"] else images[:fid_count], model,
                                             desc=f"{e.preset} @ {steps} steps")
                 small = fid_mod.frechet_distance_to_features(feats[:fid_count], ref.mu, ref.sigma)
@@ -214,6 +210,18 @@ def race(
               "race (same weights, same reference statistics), never with published FIDs")
     print(f"race: wrote {csv_path} and {png_path}")
     return table
+
+
+def draw_images(snapshot: Path, out: Path, count: int, seed: int, prepared, detector, device: str):
+    """One point's images and their AFD: ``count`` images drawn from ``snapshot`` the way ``kaggle-gan generate``
+    does (64x64 JPEGs in ``out``), read back like ``score`` reads a folder, at the prepared data's size."""
+    from . import afd as afd_mod
+    from .generate import generate
+    from .score import load_image_folder
+
+    folder = generate(snapshot, out, n=count, seed=seed, size=64, device=device)
+    names, images, _ = load_image_folder(folder, int(prepared.images.shape[1]), prepared.meta.get("resample", "bilinear"))
+    return images, afd_mod.detection_rate(images, detector, names, progress=False).rate
 
 
 def reference_view(resolution: int, size: int):
