@@ -268,7 +268,9 @@ class ReferenceStats:
     """Training-data statistics plus the real-data floor, as cached.
 
     ``mu`` (2048,), ``sigma`` (2048, 2048) over ``count`` reference images;
-    ``floor`` is the FID of ``holdout`` other real images against them.
+    ``floor`` is the FID of ``holdout`` other real images against them and
+    ``floor_sd`` its :func:`half_sample_sd` (None below 6 held-out images, or
+    from a cache written before it was stored).
     """
 
     mu: np.ndarray
@@ -280,6 +282,7 @@ class ReferenceStats:
     fields: dict
     path: Path
     cache_hit: bool
+    floor_sd: Optional[float] = None
 
 
 def split_counts(n: int, ref_count: int, holdout: int = HOLDOUT) -> Tuple[int, int]:
@@ -335,8 +338,8 @@ def reference_stats(
     path = Path(cache) / f"ref-{key}.npz"
     loaded = _load_cached(path, fields)
     if loaded is not None:
-        mu, sigma, floor = loaded
-        return ReferenceStats(mu, sigma, ref, hold, floor, key, fields, path, True)
+        mu, sigma, floor, floor_sd = loaded
+        return ReferenceStats(mu, sigma, ref, hold, floor, key, fields, path, True, floor_sd)
 
     # A fixed permutation: the first `hold` images are the floor's, the next `ref` the reference.
     order = np.random.default_rng(SELECTION_SEED).permutation(n)
@@ -345,22 +348,25 @@ def reference_stats(
     mu, sigma = statistics(activations(seen(images[ref_idx]), model, batch_size, desc=f"reference stats ({ref} images)"))
     held = activations(seen(images[hold_idx]), model, batch_size, desc=f"real floor ({hold} images)")
     floor = frechet_distance_to_features(held, mu, sigma)
+    floor_sd = half_sample_sd(held, mu, sigma) if hold >= 6 else None
+    extra = {} if floor_sd is None else {"floor_sd": np.float64(floor_sd)}
     with atomic_path(path, suffix=".npz") as tmp:
-        np.savez(tmp, mu=mu, sigma=sigma, floor=np.float64(floor), fields=json.dumps(fields, sort_keys=True))
-    return ReferenceStats(mu, sigma, ref, hold, floor, key, fields, path, False)
+        np.savez(tmp, mu=mu, sigma=sigma, floor=np.float64(floor), fields=json.dumps(fields, sort_keys=True), **extra)
+    return ReferenceStats(mu, sigma, ref, hold, floor, key, fields, path, False, floor_sd)
 
 
-def _load_cached(path: Path, fields: dict) -> Optional[Tuple[np.ndarray, np.ndarray, float]]:
+def _load_cached(path: Path, fields: dict) -> Optional[Tuple[np.ndarray, np.ndarray, float, Optional[float]]]:
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
             stored = json.loads(str(z["fields"]))
             mu, sigma, floor = z["mu"], z["sigma"], float(z["floor"])
+            floor_sd = float(z["floor_sd"]) if "floor_sd" in z.files else None  # older caches lack it
     except Exception:  # truncated or foreign file: recompute and overwrite
         return None
     if stored != fields or mu.shape != (FEATURE_DIM,) or sigma.shape != (FEATURE_DIM, FEATURE_DIM):
         return None
     if not (np.isfinite(mu).all() and np.isfinite(sigma).all() and np.isfinite(floor)):
         return None
-    return mu, sigma, floor
+    return mu, sigma, floor, floor_sd

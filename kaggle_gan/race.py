@@ -189,7 +189,7 @@ def race(
                 "g_steps": steps // cfg.loss.n_critic, "train_s": seconds, "afd": rate, "fid_small": small,
                 "fid": full, "fid_sd": full_sd, "n_images": count, "fid_small_images": fid_count, "fid_label": label,
             })
-            fid_text = f", FID {_pm(full, full_sd)}" if full is not None else ""
+            fid_text = f", FID {plus_minus(full, full_sd)}" if full is not None else ""
             print(f"race: {e.preset} {steps * batch_size / 1000:.1f}k images, {seconds:.0f} s of training: "
                   f"AFD {rate:.3f}, {label} on {fid_count} {small:.3g}{fid_text} "
                   f"(point took {time.perf_counter() - t0:.0f} s)")
@@ -202,7 +202,8 @@ def race(
     print(f"\nrace: {total_steps * batch_size / 1000:.1f}k images shown per preset, {resolution}px, width {width}; "
           f"{(time.perf_counter() - started) / 60:.1f} min after the reference statistics")
     print(final.to_string(index=False))
-    print(f"for scale: {ref.holdout} held-out real images score {label} {ref.floor:.3g} against the same reference")
+    print(f"for scale: {ref.holdout} held-out real images score {label} {plus_minus(ref.floor, ref.floor_sd)} against the "
+          "same reference")
     print("+-: AFD's binomial standard error; the FID's spread over halves of the generated images (reference "
           "fixed). Gaps under about twice the +- do not rank two presets; the reference's own sample adds more")
     if model.weights.is_random:
@@ -259,7 +260,7 @@ def _check_settings(work: Path, settings: dict) -> None:
         write_json(path, settings)
 
 
-def _pm(value: float, sd: Optional[float]) -> str:
+def plus_minus(value: float, sd: Optional[float]) -> str:
     """``0.0763 +- 0.015``, or the value alone when there is no spread (fewer than 6 images)."""
     return f"{value:.3g}" + (f" +- {sd:.2g}" if sd is not None and not math.isnan(sd) else "")
 
@@ -274,7 +275,7 @@ def final_table(table: "pd.DataFrame") -> "pd.DataFrame":  # noqa: F821
         kimg=last.kimg.map(lambda v: f"{v:.1f}"),
         train_min=(last.train_s / 60).map(lambda v: f"{v:.1f}"),
         afd=[f"{p:.3f} +- {math.sqrt(p * (1 - p) / n):.3f}" for p, n in zip(last.afd, last.n_images)],
-        fid=[_pm(v, sd) for v, sd in zip(last.fid, last.fid_sd)],
+        fid=[plus_minus(v, sd) for v, sd in zip(last.fid, last.fid_sd)],
         same_as=last.same_as.fillna("").replace("", "-"),
     )[["preset", "same_as", "kimg", "steps", "g_steps", "train_min", "afd", "fid"]]
     order = last.afd.astype(float).rank(ascending=False, method="first").values

@@ -277,7 +277,8 @@ def score(
                 "count": ref.count, "holdout": ref.holdout, "requested": ref_count, "key": ref.key,
                 "cache": str(ref.path), "cache_hit": ref.cache_hit, "data_images": len(prepared.images),
             },
-            "anchors": {"real_floor": ref.floor, "sample_code": sample, "sample_run": sample_run},
+            "anchors": {"real_floor": ref.floor, "real_floor_sd": ref.floor_sd, "sample_code": sample,
+                        "sample_run": sample_run},
             "position": fid_position(value, ref.floor, sample),
         }
         if model.weights.is_random:
@@ -323,8 +324,10 @@ def render(report: dict) -> str:
         pos = fid.get("position")
         where = f", {pos:.2f} of the way from the floor to the sample code" if pos is not None else ""
         sd = f" +- {fid['sd']:.2f} (sd over halves of the images)" if fid.get("sd") is not None else ""
+        floor_sd = fid["anchors"].get("real_floor_sd")
+        floor = f"{fid['anchors']['real_floor']:.2f}" + (f" +- {floor_sd:.2f}" if floor_sd is not None else "")
         lines.append(
-            f"{fid['label']} {fid['value']:.2f}{sd} (real-data floor {fid['anchors']['real_floor']:.2f}{where}); "
+            f"{fid['label']} {fid['value']:.2f}{sd} (real-data floor {floor}{where}); "
             f"judge FID limits are on another scale ({fid['resize_policy']}, {fid['reference']['count']} reference images)"
         )
     lines.append(f"AFD: {report['afd']['detected']}/{report['n_images']} images with a face ({report['afd']['detector']['name']})")

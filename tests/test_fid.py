@@ -162,6 +162,12 @@ def test_reference_cache_hit_miss_and_invalidation(proxy0, tmp_path):
     assert (first.count, first.holdout) == (6, 6) and np.isfinite(first.floor)
     again = fid.reference_stats(images, "aaaa", proxy0, tmp_path, ref_count=6)
     assert again.cache_hit and np.array_equal(again.mu, first.mu) and again.floor == first.floor
+    assert first.floor_sd > 0 and again.floor_sd == first.floor_sd
+    # A cache written before the floor's sd was stored still loads, without it.
+    with np.load(first.path) as z:
+        np.savez(first.path, **{k: z[k] for k in z.files if k != "floor_sd"})
+    old = fid.reference_stats(images, "aaaa", proxy0, tmp_path, ref_count=6)
+    assert old.cache_hit and old.floor == first.floor and old.floor_sd is None
     assert not fid.reference_stats(images, "bbbb", proxy0, tmp_path, ref_count=6).cache_hit
     # A damaged file is recomputed, never trusted.
     first.path.write_bytes(b"garbage")

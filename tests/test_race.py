@@ -1,5 +1,6 @@
 """The race on a tiny budget: same budget per preset, twins reported once, CSV + PNG + a labelled proxy FID."""
 import json
+import re
 import subprocess
 import sys
 
@@ -37,6 +38,7 @@ def test_race_trains_each_recipe_once_for_the_same_budget(prepared, tmp_path, ca
     assert last.fid.notna().all() and csv[csv.point == 1].fid.isna().all()
     assert (last.fid_sd > 0).all() and csv[csv.point == 1].fid_sd.isna().all()
     assert "+-" in out and "do not rank two presets" in out
+    assert re.search(r"8 held-out real images score proxy FID \(random:0\) [0-9.e-]+ \+- [0-9.e-]+ against", out)
     base, medium = (last[last.preset == p].iloc[0] for p in ("baseline", "medium"))
     assert medium.same_as == "baseline" and medium.afd == base.afd and medium.fid == base.fid
     assert not (work / "runs" / "medium").exists()  # not trained twice

@@ -99,7 +99,11 @@ def test_proxy_fid_with_cache_and_sample_code_anchor(data_dir, tmp_path, offline
     assert second["fid"]["anchors"]["real_floor"] == fid["anchors"]["real_floor"]
     assert (tmp_path / "mine.afd.csv").is_file()
     # the FID's spread over halves of the images: printed with it from 6 images up
-    assert second["fid"]["sd"] is None and "+-" not in score_mod.render(second)
+    assert second["fid"]["sd"] is None and "sd over halves" not in score_mod.render(second)
+    # the floor's own spread (8 held-out images), cached with the reference and printed beside it
+    floor_sd = second["fid"]["anchors"]["real_floor_sd"]
+    assert floor_sd > 0 and floor_sd == fid["anchors"]["real_floor_sd"]
+    assert f"floor {fid['anchors']['real_floor']:.2f} +- {floor_sd:.2f}" in score_mod.render(second)
     eight = write_images(tmp_path / "eight", [40, 70, 100, 130, 160, 190, 220, 250])
     third = score_mod.score(eight, data_dir, tmp_path / "work8", inception_weights="random:0", detector=Bright(), device="cpu",
                             ref_count=6, run="eight", out=tmp_path / "eight.json", quiet=True)
