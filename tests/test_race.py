@@ -1,6 +1,7 @@
 """The race on a tiny budget: same budget per preset, twins reported once, CSV + PNG + a labelled proxy FID."""
 import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -69,6 +70,15 @@ def test_race_trains_each_recipe_once_for_the_same_budget(prepared, tmp_path, ca
     boss = last[last.preset == "boss"].iloc[0]
     assert [r[1] for r in rows] == ["0", "1"] and "the race's reference: 8 images (cached)" in out
     assert float(rows[0][4]) == pytest.approx(boss.fid, abs=6e-5) and float(rows[0][2]) == pytest.approx(boss.afd, abs=6e-4)
+
+    # the ablation script's summary reads variant folders laid out as races: this race stands in for "default"
+    shutil.copytree(work, tmp_path / "ablation" / "default")
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "boss_ablation.py"), "--out",
+                          str(tmp_path / "ablation"), "--summary-only"], capture_output=True, text=True, check=True).stdout
+    summary = pd.read_csv(tmp_path / "ablation" / "ablation.csv")
+    assert summary.variant.tolist() == ["default"] and (tmp_path / "ablation" / "ablation.png").stat().st_size > 0
+    se = (boss.afd * (1 - boss.afd) / 8) ** 0.5
+    assert summary["AFD 0.064k"].iloc[0] == f"{boss.afd:.3f} +- {se:.3f}" and "boss as it is" in out
 
 
 def test_race_command_is_listed():

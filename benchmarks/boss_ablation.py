@@ -1,0 +1,130 @@
+"""What each of boss's ingredients buys at the race's CPU scale: one race of boss per variant (a script, not a test).
+
+Every variant is ``boss`` with one change (a race ``--set``), trained from the
+same seed and data order for the same budget and scored as the race scores
+(AFD on 1,000 images with its binomial se, proxy FID with its half-sample
+``+-``). ``seed2023`` is boss itself from another seed: the training noise that
+one seed per variant leaves in every row. Each variant is a race folder
+``OUT/NAME``, so finished variants are reused and a killed run resumes; the
+summary (``OUT/ablation.csv``, ``OUT/ablation.png``, printed) covers every
+variant folder found.
+
+    .venv/bin/python benchmarks/boss_ablation.py --work work --detector ../shared/assets/lbpcascade_animeface.xml
+
+About 25-35 min per variant on one CPU core (boss is ~90 img/s there, R1 ~65); two processes with
+``OMP_NUM_THREADS=1`` and disjoint ``--variants`` share 2 cores about evenly.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+#: folder -> (the change, race overrides, seed or None for the race's default)
+VARIANTS = {
+    "default": ("boss as it is", {}, None),
+    "seed2023": ("boss as it is, seed 2023", {}, 2023),
+    "nosn": ("no spectral norm", {"model.spectral_norm": "false"}, None),
+    "noaug": ("no augmentation", {"train.augment": ""}, None),
+    "augfull": ("colour + translation + cutout", {"train.augment": "color,translation,cutout"}, None),
+    "bce": ("BCE loss instead of hinge", {"loss.name": "bce"}, None),
+    "dcgan": ("DCGAN layout instead of ResNet", {"model.arch": "dcgan"}, None),
+    "r1": ("+ R1 penalty, gamma 1", {"loss.r1_gamma": "1"}, None),
+    "lrequal": ("critic lr 2e-4 (= generator's)", {"optim.lr_d": "2e-4"}, None),
+}
+
+
+def main() -> None:
+    from kaggle_gan.race import DEFAULT_KIMG
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work", default="work", help="the make targets' WORK (holds data/ and cache/fid)")
+    p.add_argument("--out", help="ablation folder, one race folder per variant (default: WORK/ablation)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated (default: %(default)s)")
+    p.add_argument("--kimg", type=float, default=DEFAULT_KIMG, help="budget per variant (default: the race's)")
+    p.add_argument("--points", type=int, default=2, help="evaluation points (default: %(default)s)")
+    p.add_argument("--inception-weights", help="as for race (default: the cached weights, else random:0)")
+    p.add_argument("--detector", help="cascade XML for AFD (default: the package's default detector)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--summary-only", action="store_true", help="train nothing; summarise the finished variants")
+    a = p.parse_args()
+
+    work = Path(a.work)
+    out = Path(a.out or work / "ablation")
+    names = [v for v in a.variants.split(",") if v]
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    if not a.summary_only:
+        from kaggle_gan.race import race
+
+        for name in names:
+            change, overrides, seed = VARIANTS[name]
+            print(f"\n=== {name}: {change}", flush=True)
+            race(work / "data", out / name, presets=["boss"], kimg=a.kimg, points=a.points,
+                 inception_weights=a.inception_weights, detector=a.detector, device=a.device,
+                 overrides=overrides, fid_cache=work / "cache" / "fid", **({"seed": seed} if seed else {}))
+    table = summarise(out)
+    print("\n" + table.to_string(index=False))
+
+
+def summarise(out: Path) -> "pd.DataFrame":  # noqa: F821
+    """One row per finished variant folder under ``out``: AFD at each point, the final AFD and FID with +-."""
+    import pandas as pd
+
+    from kaggle_gan.io import atomic_path
+    from kaggle_gan.race import plus_minus
+
+    rows = []
+    for name in VARIANTS:
+        csv = out / name / "race.csv"
+        if not csv.is_file():
+            continue
+        race = pd.read_csv(csv)
+        race = race[race.preset == "boss"]
+        last = race[race.point == race.point.max()].iloc[0]
+        se = math.sqrt(last.afd * (1 - last.afd) / last.n_images)
+        row = {"variant": name, "change": VARIANTS[name][0]}
+        row |= {f"AFD {k:.3g}k": f"{v:.3f}" for k, v in zip(race.kimg, race.afd) if k != last.kimg}
+        row |= {f"AFD {last.kimg:.3g}k": f"{last.afd:.3f} +- {se:.3f}", last.fid_label: plus_minus(last.fid, last.fid_sd),
+                "g_steps": int(last.g_steps), "train min": f"{last.train_s / 60:.1f}", "_afd": last.afd, "_se": se}
+        rows.append(row)
+    if not rows:
+        raise SystemExit(f"no finished variant under {out}")
+    table = pd.DataFrame(rows)
+    with atomic_path(out / "ablation.csv") as tmp:
+        table.drop(columns=["_afd", "_se"]).to_csv(tmp, index=False)
+    _plot(table, out / "ablation.png")
+    print(f"wrote {out / 'ablation.csv'} and {out / 'ablation.png'}")
+    return table.drop(columns=["_afd", "_se"])
+
+
+def _plot(table, path: Path) -> None:
+    """Final AFD per variant with +-2 se, boss's own seeds marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kaggle_gan.io import atomic_path
+
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(table) + 1.2))
+    y = range(len(table))
+    colours = ["tab:green" if VARIANTS[v][1] == {} else "tab:blue" for v in table.variant]
+    ax.barh(list(y), table._afd, xerr=2 * table._se, color=colours, capsize=3)
+    ax.set_yticks(list(y), [f"{v}: {c}" for v, c in zip(table.variant, table.change)])
+    ax.invert_yaxis()
+    ax.set(xlabel="AFD at the end of the budget (+-2 se); green: boss as it is", xlim=(0, 1),
+           title="boss, one ingredient changed at a time")
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
