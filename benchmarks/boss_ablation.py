@@ -35,18 +35,21 @@ VARIANTS = {
     "dcgan": ("DCGAN layout instead of ResNet", {"model.arch": "dcgan"}, None),
     "r1": ("+ R1 penalty, gamma 1", {"loss.r1_gamma": "1"}, None),
     "lrequal": ("critic lr 2e-4 (= generator's)", {"optim.lr_d": "2e-4"}, None),
+    "noema": ("raw generator instead of EMA (default's training)", None, None),  # scored, not trained
 }
 
 
 def main() -> None:
-    from kaggle_gan.race import DEFAULT_KIMG
+    from kaggle_gan.race import DEFAULT_KIMG, DEFAULT_REF_COUNT
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default="work", help="the make targets' WORK (holds data/ and cache/fid)")
+    p.add_argument("--data", help="prepared data folder (default: WORK/data)")
     p.add_argument("--out", help="ablation folder, one race folder per variant (default: WORK/ablation)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated (default: %(default)s)")
     p.add_argument("--kimg", type=float, default=DEFAULT_KIMG, help="budget per variant (default: the race's)")
     p.add_argument("--points", type=int, default=2, help="evaluation points (default: %(default)s)")
+    p.add_argument("--ref-count", type=int, default=DEFAULT_REF_COUNT, help="FID reference images (default: the race's)")
     p.add_argument("--inception-weights", help="as for race (default: the cached weights, else random:0)")
     p.add_argument("--detector", help="cascade XML for AFD (default: the package's default detector)")
     p.add_argument("--device", default="auto")
@@ -54,6 +57,7 @@ def main() -> None:
     a = p.parse_args()
 
     work = Path(a.work)
+    data = Path(a.data or work / "data")
     out = Path(a.out or work / "ablation")
     names = [v for v in a.variants.split(",") if v]
     unknown = sorted(set(names) - set(VARIANTS))
@@ -65,11 +69,58 @@ def main() -> None:
         for name in names:
             change, overrides, seed = VARIANTS[name]
             print(f"\n=== {name}: {change}", flush=True)
-            race(work / "data", out / name, presets=["boss"], kimg=a.kimg, points=a.points,
+            if overrides is None:
+                score_raw(out, data, work / "cache" / "fid", a.ref_count, a.inception_weights, a.detector, a.device)
+                continue
+            race(data, out / name, presets=["boss"], kimg=a.kimg, points=a.points, ref_count=a.ref_count,
                  inception_weights=a.inception_weights, detector=a.detector, device=a.device,
                  overrides=overrides, fid_cache=work / "cache" / "fid", **({"seed": seed} if seed else {}))
     table = summarise(out)
     print("\n" + table.to_string(index=False))
+
+
+def score_raw(out: Path, data: Path, fid_cache: Path, ref_count: int, inception_weights, detector, device: str) -> None:
+    """``noema``: the raw generator of ``default``'s last checkpoint, drawn and scored as the race scores the EMA one.
+
+    EMA changes no training step, so this is "boss without EMA" at no training cost. Writes
+    ``OUT/noema/race.csv`` with ``default``'s last row and these scores.
+    """
+    import pandas as pd
+
+    from kaggle_gan import afd as afd_mod
+    from kaggle_gan import fid as fid_mod
+    from kaggle_gan import race as race_mod
+    from kaggle_gan.checkpoint import load_latest, save_generator
+    from kaggle_gan.data import load_prepared
+    from kaggle_gan.io import atomic_path, read_json
+    from kaggle_gan.runtime import resolve_device
+
+    source = out / "default"
+    state = load_latest(source / "runs" / "boss" / "checkpoints")
+    if state is None or not (source / "race.csv").is_file():
+        raise SystemExit(f"noema needs the finished default variant in {source}: run --variants default first")
+    settings = read_json(source / "race.json")
+    rows = pd.read_csv(source / "race.csv")
+    last = rows[rows.preset == "boss"].iloc[[-1]]
+    if state["step"] != int(last.steps.iloc[0]):
+        raise SystemExit(f"{source}'s last checkpoint is at step {state['step']}, its last point at "
+                         f"{int(last.steps.iloc[0])}: finish default first")
+    dest = out / "noema"
+    raw = save_generator(state["G"], state["config"], state["step"], dest / "generator-raw.pt")
+    prepared = load_prepared(data)
+    count, fid_count = int(last.n_images.iloc[0]), int(last.fid_small_images.iloc[0])  # as default was scored
+    images, rate = race_mod.draw_images(raw, dest / "images", count, 0, prepared,
+                                        afd_mod.make_detector(detector), device)
+    model = race_mod.fid_model(inception_weights, resolve_device(device))
+    ref = fid_mod.reference_stats(prepared.images, prepared.meta["images_sha256"], model, fid_cache, ref_count,
+                                  view=race_mod.reference_view(settings["resolution"], prepared.images.shape[1]))
+    feats = fid_mod.activations(images, model, desc="raw generator")
+    last = last.assign(afd=rate, n_images=len(images), fid_label=model.label,
+                       fid=fid_mod.frechet_distance_to_features(feats, ref.mu, ref.sigma),
+                       fid_small=fid_mod.frechet_distance_to_features(feats[:fid_count], ref.mu, ref.sigma),
+                       fid_sd=fid_mod.half_sample_sd(feats, ref.mu, ref.sigma))
+    with atomic_path(dest / "race.csv") as tmp:
+        last.to_csv(tmp, index=False)
 
 
 def summarise(out: Path) -> "pd.DataFrame":  # noqa: F821

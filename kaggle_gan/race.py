@@ -72,7 +72,7 @@ def _recipe(cfg: Config) -> dict:
     return flat
 
 
-def _fid_model(inception_weights: Optional[str], device):
+def fid_model(inception_weights: Optional[str], device):
     """The Inception network for FID: the given weights, else the cached real ones, else ``random:0`` (a proxy)."""
     from . import fid as fid_mod
     from .weights import WeightsMissing
@@ -139,7 +139,7 @@ def race(
     _check_settings(work, {"kimg": kimg, "points": points, "resolution": resolution, "width": width,
                            "batch_size": batch_size, "seed": seed, "overrides": dict(overrides or {})})
     dev = resolve_device(device)
-    model = _fid_model(inception_weights, dev)
+    model = fid_model(inception_weights, dev)
     label = model.label
     print(f"race: {len(presets)} presets x {total_steps} steps of {batch_size} "
           f"({total_steps * batch_size / 1000:.1f}k images shown to the critic), {resolution}px, width {width}, "

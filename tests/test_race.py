@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import CASCADE, REPO, cli, needs_cascade
+from kaggle_gan.checkpoint import load_file
 from kaggle_gan.config import resolve
 from kaggle_gan.io import UserError
 from kaggle_gan.race import race, race_config
@@ -50,6 +51,8 @@ def test_race_trains_each_recipe_once_for_the_same_budget(prepared, tmp_path, ca
     (ref_file,) = (work / "cache" / "fid").glob("ref-*.npz")
     assert json.loads(str(np.load(ref_file)["fields"]))["view"] == "32px-and-back"
 
+    shutil.copytree(work, tmp_path / "ablation" / "default")  # for the ablation script, below
+
     # run again: every point is reused (no training), the numbers are the same
     (work / "runs" / "boss" / "checkpoints" / "last.pt").unlink()
     again = race(prepared, work, presets=["baseline", "medium", "boss"], kimg=0.064, points=2, width=8,
@@ -71,14 +74,23 @@ def test_race_trains_each_recipe_once_for_the_same_budget(prepared, tmp_path, ca
     assert [r[1] for r in rows] == ["0", "1"] and "the race's reference: 8 images (cached)" in out
     assert float(rows[0][4]) == pytest.approx(boss.fid, abs=6e-5) and float(rows[0][2]) == pytest.approx(boss.afd, abs=6e-4)
 
-    # the ablation script's summary reads variant folders laid out as races: this race stands in for "default"
-    shutil.copytree(work, tmp_path / "ablation" / "default")
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "boss_ablation.py"), "--out",
-                          str(tmp_path / "ablation"), "--summary-only"], capture_output=True, text=True, check=True).stdout
+    # the ablation script: variant folders are races (this one stands in for "default"); "noema" scores
+    # default's raw generator, from its last checkpoint, the way the race scored the EMA one
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "boss_ablation.py"), "--work", str(work),
+                          "--data", str(prepared), "--out", str(tmp_path / "ablation"), "--variants", "noema",
+                          "--ref-count", "8", "--inception-weights", "random:0", "--detector", str(CASCADE),
+                          "--device", "cpu"], capture_output=True, text=True, check=True).stdout
     summary = pd.read_csv(tmp_path / "ablation" / "ablation.csv")
-    assert summary.variant.tolist() == ["default"] and (tmp_path / "ablation" / "ablation.png").stat().st_size > 0
+    assert summary.variant.tolist() == ["default", "noema"] and (tmp_path / "ablation" / "ablation.png").stat().st_size > 0
     se = (boss.afd * (1 - boss.afd) / 8) ** 0.5
     assert summary["AFD 0.064k"].iloc[0] == f"{boss.afd:.3f} +- {se:.3f}" and "boss as it is" in out
+    raw = torch.load(tmp_path / "ablation" / "noema" / "generator-raw.pt", weights_only=True)
+    ckpt = load_file(tmp_path / "ablation" / "default" / "runs" / "boss" / "checkpoints" / "last.pt")
+    ema = torch.load(work / "runs" / "boss" / "generator.pt", weights_only=True)
+    assert raw["step"] == ema["step"] == 4 and all(torch.equal(raw["G"][k], v) for k, v in ckpt["G"].items())
+    assert any(not torch.equal(raw["G"][k], ema["G"][k]) for k in ema["G"])
+    noema = pd.read_csv(tmp_path / "ablation" / "noema" / "race.csv").iloc[0]
+    assert noema.n_images == 8 and np.isfinite(noema.fid) and noema.fid != boss.fid
 
 
 def test_race_command_is_listed():
