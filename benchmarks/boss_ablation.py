@@ -3,8 +3,9 @@
 Every variant is ``boss`` with one change (a race ``--set``), trained from the
 same seed and data order for the same budget and scored as the race scores
 (AFD on 1,000 images with its binomial se, proxy FID with its half-sample
-``+-``). ``seed2023`` is boss itself from another seed: the training noise that
-one seed per variant leaves in every row. Each variant is a race folder
+``+-``). ``seed2023`` and ``seed2024`` are boss itself from other seeds: the
+training noise that one seed per variant leaves in every row, far larger than
+the ``+-`` of one draw of images. Each variant is a race folder
 ``OUT/NAME``, so finished variants are reused and a killed run resumes; the
 summary (``OUT/ablation.csv``, ``OUT/ablation.png``, printed) covers every
 variant folder found.
@@ -28,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 VARIANTS = {
     "default": ("boss as it is", {}, None),
     "seed2023": ("boss as it is, seed 2023", {}, 2023),
+    "seed2024": ("boss as it is, seed 2024", {}, 2024),
     "nosn": ("no spectral norm", {"model.spectral_norm": "false"}, None),
     "noaug": ("no augmentation", {"train.augment": ""}, None),
     "augfull": ("colour + translation + cutout", {"train.augment": "color,translation,cutout"}, None),

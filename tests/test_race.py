@@ -15,7 +15,7 @@ from conftest import CASCADE, REPO, cli, needs_cascade
 from kaggle_gan.checkpoint import load_file
 from kaggle_gan.config import resolve
 from kaggle_gan.io import UserError
-from kaggle_gan.race import race, race_config
+from kaggle_gan.race import COLUMNS, race, race_config
 
 
 def test_race_config_reduces_scale_and_keeps_each_recipe():
@@ -96,3 +96,35 @@ def test_race_trains_each_recipe_once_for_the_same_budget(prepared, tmp_path, ca
 def test_race_command_is_listed():
     out = subprocess.run(cli("race", "--help"), capture_output=True, text=True, check=True).stdout
     assert "--kimg" in out and "--presets" in out
+
+
+def _race_folder(path, seed, afds, kimg=128.0, overrides=None):
+    """A finished race folder as race() leaves it: race.json and one final row per preset in race.csv."""
+    path.mkdir(parents=True)
+    (path / "race.json").write_text(json.dumps({"batch_size": 64, "kimg": kimg, "overrides": overrides or {},
+                                                "points": 1, "resolution": 32, "seed": seed, "width": 32}))
+    rows = [{"preset": p, "same_as": "", "point": 1, "kimg": kimg, "afd": a, "fid": 0.1, "fid_label": "proxy FID"}
+            for p, a in afds.items()]
+    pd.DataFrame(rows, columns=COLUMNS).to_csv(path / "race.csv", index=False)
+    return str(path)
+
+
+def test_race_seeds_tabulates_every_seed_and_refuses_races_that_do_not_compare(tmp_path):
+    script = [sys.executable, str(REPO / "benchmarks" / "race_seeds.py")]
+    a = _race_folder(tmp_path / "a", 1, {"baseline": 0.4, "boss": 0.7})
+    b = _race_folder(tmp_path / "b", 2, {"baseline": 0.5, "boss": 0.45})
+    c = _race_folder(tmp_path / "c", 3, {"boss": 0.6})  # boss alone, as the ablation's seed folders are
+    out = subprocess.run(script + [a, b, c], capture_output=True, text=True, check=True).stdout
+    boss = next(line.split() for line in out.splitlines() if line.split()[:1] == ["boss"])
+    assert boss[1:4] == ["0.700", "0.450", "0.600"] and float(boss[4]) == pytest.approx(0.583, abs=1e-3)
+    assert float(boss[5]) == pytest.approx(np.std([0.7, 0.45, 0.6], ddof=1), abs=1e-3)
+    baseline = next(line.split() for line in out.splitlines() if line.split()[:1] == ["baseline"])
+    assert baseline[1:4] == ["0.400", "0.500", "-"]
+    assert "highest AFD among" not in out  # only boss was raced at every seed
+    both = subprocess.run(script + [a, b], capture_output=True, text=True, check=True).stdout
+    assert "baseline on 1 of 2 seeds, boss on 1 of 2 seeds" in both
+    for bad, why in [(_race_folder(tmp_path / "d", 4, {"boss": 0.5}, kimg=64.0), "not comparable"),
+                     (_race_folder(tmp_path / "e", 5, {"boss": 0.5}, overrides={"train.augment": ""}), "--set"),
+                     (_race_folder(tmp_path / "f", 1, {"boss": 0.5}), "more than one folder")]:
+        run = subprocess.run(script + [a, bad], capture_output=True, text=True)
+        assert run.returncode != 0 and why in run.stderr
