@@ -59,26 +59,32 @@ def collect(folders) -> "pd.DataFrame":  # noqa: F821
 
 
 def summarise(table) -> str:
-    """Per preset: AFD (and FID) at each seed, mean and sd over seeds; then who ranks first, seed by seed."""
+    """Per metric (AFD, then FID) and preset: the value at each seed, mean and sd over seeds; then which preset
+    is best (highest AFD, lowest FID) seed by seed, among the presets raced at every seed."""
     seeds = sorted(table.seed.unique())
-    lines = [f"{'preset':>9} " + " ".join(f"{'AFD s' + str(s):>10}" for s in seeds)
-             + f" {'mean':>6} {'sd(seeds)':>9} {'FID mean':>9}"]
-    for preset, rows in table.groupby("preset", sort=False):
-        by_seed = dict(zip(rows.seed, rows.afd))
-        afds = list(by_seed.values())
-        sd = statistics.stdev(afds) if len(afds) > 1 else float("nan")
-        cells = " ".join(f"{by_seed[s]:10.3f}" if s in by_seed else f"{'-':>10}" for s in seeds)
-        lines.append(f"{preset:>9} {cells} {statistics.mean(afds):6.3f} {sd:9.3f} {rows.fid.mean():9.3g}")
-    common = [p for p, rows in table.groupby("preset") if set(rows.seed) == set(seeds)]
-    if len(common) > 1:
-        wins = {p: 0 for p in common}
-        for s in seeds:
-            at = table[(table.seed == s) & table.preset.isin(common)]
-            wins[at.loc[at.afd.idxmax(), "preset"]] += 1
-        lines.append(f"highest AFD among {', '.join(common)} (raced at every seed): "
-                     + ", ".join(f"{p} on {n} of {len(seeds)} seeds" for p, n in wins.items()))
-    lines.append(f"FID: {table.fid_label.iloc[0]}")
-    return "\n".join(lines)
+    common = [p for p, rows in table.groupby("preset", sort=False) if set(rows.seed) == set(seeds)]
+    lines = []
+    for metric, name, best, fmt, sd_fmt in [("afd", "AFD", "highest", "8.3f", "9.3f"),
+                                            ("fid", str(table.fid_label.iloc[0]), "lowest", "8.4g", "9.2g")]:
+        lines.append(f"{'preset':>9} " + " ".join(f"{'s' + str(s):>8}" for s in seeds)
+                     + f" {'mean':>8} {'sd(seeds)':>9}   {name}")
+        for preset, rows in table.groupby("preset", sort=False):
+            by_seed = dict(zip(rows.seed, rows[metric]))
+            values = list(by_seed.values())
+            sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+            cells = " ".join(f"{by_seed[s]:{fmt}}" if s in by_seed else f"{'-':>8}" for s in seeds)
+            lines.append(f"{preset:>9} {cells} {statistics.mean(values):{fmt}} {sd:{sd_fmt}}")
+        if len(common) > 1:
+            wins, orders = {p: 0 for p in common}, []
+            for s in seeds:
+                at = table[(table.seed == s) & table.preset.isin(common)].set_index("preset")[metric]
+                at = at.sort_values(ascending=best == "lowest")
+                wins[at.index[0]] += 1
+                orders.append(f"s{s} {' > '.join(at.index)}")
+            lines.append(f"{best} {name}: " + ", ".join(f"{p} on {n} of {len(seeds)} seeds" for p, n in wins.items()))
+            lines.append("best first: " + "; ".join(orders))
+        lines.append("")
+    return "\n".join(lines).rstrip()
 
 
 def main() -> None:

@@ -120,9 +120,10 @@ def test_race_seeds_tabulates_every_seed_and_refuses_races_that_do_not_compare(t
     assert float(boss[5]) == pytest.approx(np.std([0.7, 0.45, 0.6], ddof=1), abs=1e-3)
     baseline = next(line.split() for line in out.splitlines() if line.split()[:1] == ["baseline"])
     assert baseline[1:4] == ["0.400", "0.500", "-"]
-    assert "highest AFD among" not in out  # only boss was raced at every seed
+    assert "highest AFD" not in out and "best first" not in out  # only boss was raced at every seed
     both = subprocess.run(script + [a, b], capture_output=True, text=True, check=True).stdout
-    assert "baseline on 1 of 2 seeds, boss on 1 of 2 seeds" in both
+    assert "highest AFD: baseline on 1 of 2 seeds, boss on 1 of 2 seeds" in both
+    assert "best first: s1 boss > baseline; s2 baseline > boss" in both
     for bad, why in [(_race_folder(tmp_path / "d", 4, {"boss": 0.5}, kimg=64.0), "not comparable"),
                      (_race_folder(tmp_path / "e", 5, {"boss": 0.5}, overrides={"train.augment": ""}), "--set"),
                      (_race_folder(tmp_path / "f", 1, {"boss": 0.5}), "more than one folder")]:
