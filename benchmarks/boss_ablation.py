@@ -148,7 +148,7 @@ def summarise(out: Path) -> "pd.DataFrame":  # noqa: F821
         rows.append(row)
     if not rows:
         raise SystemExit(f"no finished variant under {out}")
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows).fillna("-")  # noema has no curve
     with atomic_path(out / "ablation.csv") as tmp:
         table.drop(columns=["_afd", "_se"]).to_csv(tmp, index=False)
     _plot(table, out / "ablation.png")
