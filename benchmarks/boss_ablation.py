@@ -157,7 +157,7 @@ def summarise(out: Path) -> "pd.DataFrame":  # noqa: F821
 
 
 def _plot(table, path: Path) -> None:
-    """Final AFD per variant with +-2 se, boss's own seeds marked."""
+    """Final AFD per variant with +-2 se; boss's own seeds in green, their range shaded."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -165,14 +165,17 @@ def _plot(table, path: Path) -> None:
 
     from kaggle_gan.io import atomic_path
 
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(table) + 1.2))
-    y = range(len(table))
-    colours = ["tab:green" if VARIANTS[v][1] == {} else "tab:blue" for v in table.variant]
-    ax.barh(list(y), table._afd, xerr=2 * table._se, color=colours, capsize=3)
-    ax.set_yticks(list(y), [f"{v}: {c}" for v, c in zip(table.variant, table.change)])
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(table) + 1.4))
+    y = list(range(len(table)))
+    seeds = [VARIANTS[v][1] == {} for v in table.variant]
+    ax.barh(y, table._afd, xerr=2 * table._se, color=["tab:green" if s else "tab:blue" for s in seeds], capsize=3)
+    if sum(seeds) > 1:
+        own = table._afd[seeds]
+        ax.axvspan(own.min(), own.max(), color="tab:green", alpha=0.15, label="boss as it is: range over seeds")
+        ax.legend(loc="lower right")
+    ax.set_yticks(y, [f"{v}: {c}" for v, c in zip(table.variant, table.change)])
     ax.invert_yaxis()
-    ax.set(xlabel="AFD at the end of the budget (+-2 se); green: boss as it is", xlim=(0, 1),
-           title="boss, one ingredient changed at a time")
+    ax.set(xlabel="AFD at the end of the budget (+-2 se)", xlim=(0, 1), title="boss, one ingredient changed at a time")
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=100)
