@@ -12,8 +12,8 @@ variant folder found.
 
     .venv/bin/python benchmarks/boss_ablation.py --work work --detector ../shared/assets/lbpcascade_animeface.xml
 
-About 25-35 min per variant on one CPU core (boss is ~90 img/s there, R1 ~65); two processes with
-``OMP_NUM_THREADS=1`` and disjoint ``--variants`` share 2 cores about evenly.
+About 35-45 min per variant on one CPU core, scoring included (boss trains at ~90 img/s there, with R1
+~65); two processes with ``OMP_NUM_THREADS=1`` and disjoint ``--variants`` share 2 cores about evenly.
 """
 from __future__ import annotations
 
@@ -51,7 +51,8 @@ def main() -> None:
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated (default: %(default)s)")
     p.add_argument("--kimg", type=float, default=DEFAULT_KIMG, help="budget per variant (default: the race's)")
     p.add_argument("--points", type=int, default=2, help="evaluation points (default: %(default)s)")
-    p.add_argument("--ref-count", type=int, default=DEFAULT_REF_COUNT, help="FID reference images (default: the race's)")
+    p.add_argument("--ref-count", type=int, default=DEFAULT_REF_COUNT,
+                   help="FID reference images (default: the race's)")
     p.add_argument("--inception-weights", help="as for race (default: the cached weights, else random:0)")
     p.add_argument("--detector", help="cascade XML for AFD (default: the package's default detector)")
     p.add_argument("--device", default="auto")
@@ -143,7 +144,8 @@ def summarise(out: Path) -> "pd.DataFrame":  # noqa: F821
         se = math.sqrt(last.afd * (1 - last.afd) / last.n_images)
         row = {"variant": name, "change": VARIANTS[name][0]}
         row |= {f"AFD {k:.3g}k": f"{v:.3f}" for k, v in zip(race.kimg, race.afd) if k != last.kimg}
-        row |= {f"AFD {last.kimg:.3g}k": f"{last.afd:.3f} +- {se:.3f}", last.fid_label: plus_minus(last.fid, last.fid_sd),
+        row |= {f"AFD {last.kimg:.3g}k": f"{last.afd:.3f} +- {se:.3f}",
+                last.fid_label: plus_minus(last.fid, last.fid_sd),
                 "g_steps": int(last.g_steps), "train min": f"{last.train_s / 60:.1f}", "_afd": last.afd, "_se": se}
         rows.append(row)
     if not rows:

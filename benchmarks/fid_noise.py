@@ -73,7 +73,8 @@ def main() -> None:
                                                            desc=f"reference {r}")))
     presets = [x for x in a.presets.split(",") if x] or sorted(d.name for d in (race_dir / "runs").iterdir())
     print(f"{model.label}, the race's reference: {ref.count} images ({'cached' if ref.cache_hit else 'computed'}), "
-          f"real floor {race_mod.plus_minus(ref.floor, ref.floor_sd)}; {count} images per draw; FID against the race's reference"
+          f"real floor {race_mod.plus_minus(ref.floor, ref.floor_sd)}; {count} images per draw; "
+          "FID against the race's reference"
           + (f", then against {a.ref_draws} others" if a.ref_draws else ""))
     others = "".join(f" {'ref ' + str(r):>8}" for r in range(1, len(refs)))
     print(f"{'preset':>9} {'seed':>4} {'AFD':>6} {'half-sd':>8} {'FID':>8}{others}")

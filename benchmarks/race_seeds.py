@@ -4,10 +4,10 @@ A race trains every preset from one seed. This script reads any number of
 finished race folders (``kaggle-gan race --seed S --out DIR``, whole or with a
 subset of ``--presets``), checks that they share the budget and scale and have
 no ``--set`` overrides, and tabulates each preset's final AFD and FID per seed,
-with the mean and the spread over seeds, and how often each preset ranked first
-on AFD among the presets every seed has. Two presets whose AFDs overlap across
-seeds are not ranked by one race, however small the binomial ``+-`` of its
-1,000 images is.
+with the mean and the spread over seeds; then, among the presets raced at every
+seed, how often each was best and the order at each seed. Two presets whose
+AFDs overlap across seeds are not ranked by one race, however small the
+binomial ``+-`` of its 1,000 images is.
 
     .venv/bin/python benchmarks/race_seeds.py work/race work/race-s2023 work/race-s2024
 

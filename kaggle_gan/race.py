@@ -202,8 +202,8 @@ def race(
     print(f"\nrace: {total_steps * batch_size / 1000:.1f}k images shown per preset, {resolution}px, width {width}; "
           f"{(time.perf_counter() - started) / 60:.1f} min after the reference statistics")
     print(final.to_string(index=False))
-    print(f"for scale: {ref.holdout} held-out real images score {label} {plus_minus(ref.floor, ref.floor_sd)} against the "
-          "same reference")
+    floor = plus_minus(ref.floor, ref.floor_sd)
+    print(f"for scale: {ref.holdout} held-out real images score {label} {floor} against the same reference")
     print("+-: AFD's binomial standard error; the FID's spread over halves of the generated images (reference "
           "fixed). Gaps under about twice the +- do not rank two presets; the reference's own sample adds more")
     if model.weights.is_random:
