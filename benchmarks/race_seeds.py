@@ -35,7 +35,7 @@ def collect(folders) -> "pd.DataFrame":  # noqa: F821
     rows, scale = [], None
     for folder in map(Path, folders):
         if not ((folder / "race.csv").is_file() and (folder / "race.json").is_file()):
-            raise SystemExit(f"{folder} holds no race.csv and race.json: is it a finished race folder?")
+            raise SystemExit(f"{folder} lacks race.csv or race.json: is it a finished race folder?")
         settings = read_json(folder / "race.json")
         if settings.get("overrides"):
             raise SystemExit(f"{folder} was raced with --set {settings['overrides']}: not a preset as it is")
