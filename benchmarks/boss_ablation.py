@@ -18,7 +18,6 @@ About 35-45 min per variant on one CPU core, scoring included (boss trains at ~9
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -91,7 +90,6 @@ def score_raw(out: Path, data: Path, fid_cache: Path, ref_count: int, inception_
     import pandas as pd
 
     from kaggle_gan import afd as afd_mod
-    from kaggle_gan import fid as fid_mod
     from kaggle_gan import race as race_mod
     from kaggle_gan.checkpoint import load_latest, save_generator
     from kaggle_gan.data import load_prepared
@@ -112,16 +110,11 @@ def score_raw(out: Path, data: Path, fid_cache: Path, ref_count: int, inception_
     raw = save_generator(state["G"], state["config"], state["step"], dest / "generator-raw.pt")
     prepared = load_prepared(data)
     count, fid_count = int(last.n_images.iloc[0]), int(last.fid_small_images.iloc[0])  # as default was scored
-    images, rate = race_mod.draw_images(raw, dest / "images", count, 0, prepared,
-                                        afd_mod.make_detector(detector), device)
     model = race_mod.fid_model(inception_weights, resolve_device(device))
-    ref = fid_mod.reference_stats(prepared.images, prepared.meta["images_sha256"], model, fid_cache, ref_count,
-                                  view=race_mod.reference_view(settings["resolution"], prepared.images.shape[1]))
-    feats = fid_mod.activations(images, model, desc="raw generator")
-    last = last.assign(afd=rate, n_images=len(images), fid_label=model.label,
-                       fid=fid_mod.frechet_distance_to_features(feats, ref.mu, ref.sigma),
-                       fid_small=fid_mod.frechet_distance_to_features(feats[:fid_count], ref.mu, ref.sigma),
-                       fid_sd=fid_mod.half_sample_sd(feats, ref.mu, ref.sigma))
+    ref = race_mod.race_reference(prepared, model, fid_cache, ref_count, settings["resolution"])
+    scores = race_mod.score_point(raw, dest / "images", count, fid_count, True, prepared,
+                                  afd_mod.make_detector(detector), model, ref, device, desc="raw generator")
+    last = last.assign(**scores, fid_label=model.label)
     with atomic_path(dest / "race.csv") as tmp:
         last.to_csv(tmp, index=False)
 
@@ -131,7 +124,7 @@ def summarise(out: Path) -> "pd.DataFrame":  # noqa: F821
     import pandas as pd
 
     from kaggle_gan.io import atomic_path
-    from kaggle_gan.race import plus_minus
+    from kaggle_gan.race import afd_se, plus_minus
 
     rows = []
     for name in VARIANTS:
@@ -141,7 +134,7 @@ def summarise(out: Path) -> "pd.DataFrame":  # noqa: F821
         race = pd.read_csv(csv)
         race = race[race.preset == "boss"]
         last = race[race.point == race.point.max()].iloc[0]
-        se = math.sqrt(last.afd * (1 - last.afd) / last.n_images)
+        se = afd_se(last.afd, last.n_images)
         row = {"variant": name, "change": VARIANTS[name][0]}
         row |= {f"AFD {k:.3g}k": f"{v:.3f}" for k, v in zip(race.kimg, race.afd) if k != last.kimg}
         row |= {f"AFD {last.kimg:.3g}k": f"{last.afd:.3f} +- {se:.3f}",

@@ -58,10 +58,9 @@ def main() -> None:
     prepared = load_prepared(Path(a.data or work / "data"))
     size = int(prepared.images.shape[1])
     model = fid_mod.load_inception(a.inception_weights, torch.device(a.device))
-    view = race_mod.reference_view(settings["resolution"], size)
-    ref = fid_mod.reference_stats(prepared.images, prepared.meta["images_sha256"], model,
-                                  Path(a.fid_cache or work / "cache" / "fid"),
-                                  a.ref_count or race_mod.DEFAULT_REF_COUNT, view=view)
+    view = race_mod.reference_view(settings["resolution"], size)  # for the other references below
+    ref = race_mod.race_reference(prepared, model, Path(a.fid_cache or work / "cache" / "fid"),
+                                  a.ref_count or race_mod.DEFAULT_REF_COUNT, settings["resolution"])
     det = afd_mod.make_detector(a.detector)
     count = a.count or race_mod.DEFAULT_COUNT
     # Other references: as many training images as the race's, drawn afresh (seeds 1, 2, ...), seen the same way.

@@ -43,6 +43,7 @@ DEFAULT_COUNT = 1000  # images per point for AFD (+-1.6% at a rate of 0.5), and 
 # (fid.half_sample_sd): a submission's count; the README measures how far the proxy FID moves between draws
 DEFAULT_FID_COUNT = 250  # of them, scored by FID at every point (the curve)
 DEFAULT_REF_COUNT = 1000  # reference images, plus 1000 held out for the floor: ~2.5 min of Inception on 2 cores
+SCORES = ("afd", "fid_small", "fid", "fid_sd")  # what score_point gives for one point
 COLUMNS = ["preset", "same_as", "point", "kimg", "steps", "g_steps", "train_s", "afd", "fid_small", "fid", "fid_sd",
            "n_images", "fid_small_images", "fid_label"]
 
@@ -131,7 +132,6 @@ def race(
     if kimg <= 0 or points < 1 or count < 2 or not 2 <= fid_count <= count:
         raise UserError("race needs kimg > 0, points >= 1, count >= 2 and 2 <= fid-count <= count")
     prepared = load_prepared(data_dir)
-    size = int(prepared.images.shape[1])
     entries = [Entry(p, race_config(p, resolution, width, batch_size, seed, overrides)) for p in presets]
     total_steps = max(1, round(kimg * 1000 / batch_size))
     marks = sorted({max(1, round(total_steps * (i + 1) / points)) for i in range(points)})
@@ -144,9 +144,8 @@ def race(
     print(f"race: {len(presets)} presets x {total_steps} steps of {batch_size} "
           f"({total_steps * batch_size / 1000:.1f}k images shown to the critic), {resolution}px, width {width}, "
           f"scored at {', '.join(str(m) for m in marks)} steps; {label}")
-    view = reference_view(resolution, size)
-    ref = fid_mod.reference_stats(prepared.images, prepared.meta["images_sha256"], model,
-                                  Path(fid_cache) if fid_cache else work / "cache" / "fid", ref_count, view=view)
+    ref = race_reference(prepared, model, Path(fid_cache) if fid_cache else work / "cache" / "fid", ref_count,
+                         resolution)
 
     rows: List[dict] = []
     raced: Dict[str, str] = {}  # recipe -> the preset that ran it
@@ -174,15 +173,12 @@ def race(
                    "detector": det.describe(), "last": steps == marks[-1], "fid_sd_rounds": fid_mod.SD_ROUNDS}
             cached = read_json(scored) if scored.is_file() else None
             if cached is not None and cached.get("how") == json.loads(json.dumps(how)):
-                rate, small, full, full_sd = cached["afd"], cached["fid_small"], cached["fid"], cached["fid_sd"]
+                scores = {k: cached[k] for k in SCORES}
             else:
-                images, rate = draw_images(snapshot, run / "images", count, 0, prepared, det, device)
-                feats = fid_mod.activations(images if how["last"] else images[:fid_count], model,
-                                            desc=f"{e.preset} @ {steps} steps")
-                small = fid_mod.frechet_distance_to_features(feats[:fid_count], ref.mu, ref.sigma)
-                full = fid_mod.frechet_distance_to_features(feats, ref.mu, ref.sigma) if how["last"] else None
-                full_sd = fid_mod.half_sample_sd(feats, ref.mu, ref.sigma) if how["last"] and count >= 6 else None
-                write_json(scored, {"how": how, "afd": rate, "fid_small": small, "fid": full, "fid_sd": full_sd})
+                scores = score_point(snapshot, run / "images", count, fid_count, how["last"], prepared, det, model,
+                                     ref, device, desc=f"{e.preset} @ {steps} steps")
+                write_json(scored, {"how": how, **scores})
+            rate, small, full, full_sd = (scores[k] for k in SCORES)
             seconds = _train_seconds(run, steps)
             rows.append({
                 "preset": e.preset, "same_as": "", "point": point, "kimg": steps * batch_size / 1000, "steps": steps,
@@ -223,6 +219,37 @@ def draw_images(snapshot: Path, out: Path, count: int, seed: int, prepared, dete
     folder = generate(snapshot, out, n=count, seed=seed, size=64, device=device)
     names, images, _ = load_image_folder(folder, int(prepared.images.shape[1]), prepared.meta.get("resample", "bilinear"))
     return images, afd_mod.detection_rate(images, detector, names, progress=False).rate
+
+
+def score_point(snapshot: Path, out: Path, count: int, fid_count: int, last: bool, prepared, detector, model, ref,
+                device: str, desc: str) -> dict:
+    """One point's scores (the keys of ``SCORES``): AFD on ``count`` images drawn by :func:`draw_images` (seed 0),
+    FID of the first ``fid_count`` against ``ref``; at the ``last`` point also the FID of all and its
+    :func:`kaggle_gan.fid.half_sample_sd` (None elsewhere)."""
+    from . import fid as fid_mod
+
+    images, rate = draw_images(snapshot, out, count, 0, prepared, detector, device)
+    feats = fid_mod.activations(images if last else images[:fid_count], model, desc=desc)
+    return {
+        "afd": rate,
+        "fid_small": fid_mod.frechet_distance_to_features(feats[:fid_count], ref.mu, ref.sigma),
+        "fid": fid_mod.frechet_distance_to_features(feats, ref.mu, ref.sigma) if last else None,
+        "fid_sd": fid_mod.half_sample_sd(feats, ref.mu, ref.sigma) if last else None,
+    }
+
+
+def race_reference(prepared, model, cache: Path, ref_count: int, resolution: int):
+    """The race's FID reference statistics (cached): ``ref_count`` training images seen through
+    :func:`reference_view`, as the ``resolution``-px models see them."""
+    from . import fid as fid_mod
+
+    return fid_mod.reference_stats(prepared.images, prepared.meta["images_sha256"], model, cache, ref_count,
+                                   view=reference_view(resolution, int(prepared.images.shape[1])))
+
+
+def afd_se(rate: float, n: int) -> float:
+    """AFD's binomial standard error over ``n`` images."""
+    return math.sqrt(rate * (1 - rate) / n)
 
 
 def reference_view(resolution: int, size: int):
@@ -274,7 +301,7 @@ def final_table(table: "pd.DataFrame") -> "pd.DataFrame":  # noqa: F821
     out = last.assign(
         kimg=last.kimg.map(lambda v: f"{v:.1f}"),
         train_min=(last.train_s / 60).map(lambda v: f"{v:.1f}"),
-        afd=[f"{p:.3f} +- {math.sqrt(p * (1 - p) / n):.3f}" for p, n in zip(last.afd, last.n_images)],
+        afd=[f"{p:.3f} +- {afd_se(p, n):.3f}" for p, n in zip(last.afd, last.n_images)],
         fid=[plus_minus(v, sd) for v, sd in zip(last.fid, last.fid_sd)],
         same_as=last.same_as.fillna("").replace("", "-"),
     )[["preset", "same_as", "kimg", "steps", "g_steps", "train_min", "afd", "fid"]]

@@ -266,7 +266,7 @@ def score(
         fid_report = {
             "status": "ok",
             "value": value,
-            "sd": fid_mod.half_sample_sd(feats, ref.mu, ref.sigma) if len(feats) >= 6 else None,
+            "sd": fid_mod.half_sample_sd(feats, ref.mu, ref.sigma),
             "label": model.label,
             "proxy": model.weights.is_random,
             "key": fid_key,

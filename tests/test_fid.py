@@ -73,6 +73,9 @@ def test_half_sample_sd_matches_the_spread_of_fresh_draws():
     assert fid.half_sample_sd(rng.normal(size=(1600, 200)) * scale + 0.05, mu, sigma) < sd / 2
     with pytest.raises(ValueError, match="at least 2 rounds"):
         fid.half_sample_sd(one, mu, sigma, rounds=1)
+    # too few images for halves to mean anything: no spread rather than a number
+    assert fid.half_sample_sd(one[: fid.SD_MIN_IMAGES - 1], mu, sigma) is None
+    assert fid.half_sample_sd(one[: fid.SD_MIN_IMAGES], mu, sigma) > 0
 
 
 def test_statistics_need_two_rows():
