@@ -235,7 +235,7 @@ PRESETS: Dict[str, Preset] = {p.name: p for p in (
         ("optim.lr_d", 4e-4, "the fast critic of the two time-scale rule"),
         ("train.augment", "translation", "DiffAugment (Zhao 2020): the critic sees shifted real and fake alike; "
                                          "adding colour and cutout slowed the race sweep's faces (README)"),
-        ("train.epochs", 40, "2.8M images of 71k faces: about 1 h at the ~900 img/s measured on a shared H100"),
+        ("train.epochs", 40, "2.8M images of 71k faces: about 50 min at the 937 img/s measured on an H100 (README)"),
     )),
     Preset("smoke", "baseline", "a tiny end-to-end check, minutes on a CPU", (
         ("model.g_width", 16, "a quarter of the sample's width: fast on CPU"),

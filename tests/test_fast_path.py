@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from kaggle_gan.config import resolve
+from kaggle_gan.models import build_models
 from kaggle_gan.train import Trainer, epoch_order
 
 from conftest import REPO
@@ -86,6 +87,32 @@ def test_compile_failing_at_the_first_step_falls_back_to_the_eager_run(preset, p
     assert compiled == eager  # the failed attempt left no trace: same noise, same updates
     for k in w_eager:
         assert torch.equal(w_compiled[k], w_eager[k]), k
+
+
+def test_boss_compiles_with_inductor_without_falling_back(prepared, tmp_path, capsys):
+    """Real inductor, no stand-in: spectral norm's in-place power iteration once broke the compiled
+    critic's backward, so every boss run silently fell back to eager after a wasted compile. The
+    critic now stays eager (and says so); the compiled generator learns what the eager one does."""
+    torch._dynamo.reset()
+    compiled, w_compiled = losses(prepared, tmp_path / "c", "boss", 3, **{"train.compile": True})
+    out = capsys.readouterr().out
+    torch._dynamo.reset()
+    assert "torch.compile failed" not in out and "unavailable" not in out, out
+    assert "the critic runs eagerly (spectral norm)" in out
+    eager, w_eager = losses(prepared, tmp_path / "e", "boss", 3, **{"train.compile": False})
+    for step, (a, b) in enumerate(zip(compiled, eager)):
+        for k in a:
+            assert a[k] == pytest.approx(b[k], rel=1e-3, abs=1e-5), (step, k)
+    # Compared: the critic's weights, and G's convolution and linear weights. Not G's convolution
+    # biases, which (but the last) feed a batch norm, directly or through the residual sum: their
+    # gradient is zero up to rounding, which Adam turns into lr-sized steps of either sign in both
+    # runs, and that noise moves the batch norms' running statistics too.
+    G = build_models(resolve("boss", SMALL).model)[0]
+    checked = [f"{name}.weight" for name, m in G.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    checked += [k for k in w_eager if k.startswith("D.") and w_eager[k].is_floating_point()]
+    assert len(checked) > 10
+    for k in checked:
+        torch.testing.assert_close(w_compiled[k], w_eager[k], rtol=1e-3, atol=1e-4, msg=k)
 
 
 def test_compile_with_an_unknown_backend_runs_eagerly(prepared, tmp_path, monkeypatch, capsys):
