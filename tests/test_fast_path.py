@@ -91,7 +91,7 @@ def test_compile_failing_at_the_first_step_falls_back_to_the_eager_run(preset, p
 
 def test_boss_compiles_with_inductor_without_falling_back(prepared, tmp_path, capsys):
     """Real inductor, no stand-in: spectral norm's in-place power iteration once broke the compiled
-    critic's backward, so every boss run silently fell back to eager after a wasted compile. The
+    critic's backward, so every boss run fell back to eager after about a minute of compiling. The
     critic now stays eager (and says so); the compiled generator learns what the eager one does."""
     torch._dynamo.reset()
     compiled, w_compiled = losses(prepared, tmp_path / "c", "boss", 3, **{"train.compile": True})
