@@ -1,24 +1,32 @@
 # kaggle_gan: NTU ML 2022 HW6 anime-face GANs, end to end.  `make help` lists everything.
 #
 # Every stage is a file target: a re-run skips finished work, a changed input
-# (DATA, SET, PRESET) re-runs what depends on it, and an interrupted training
-# run resumes from its last checkpoint.
+# (DATA, SET, PRESET, COUNT, INCEPTION, DETECTOR, REF_COUNT) re-runs what
+# depends on it, and an interrupted training run resumes from its last checkpoint.
+#
+# A run remembers how it was trained: PRESET, SET and DATA are written to
+# WORK/runs/RUN/.make-run when RUN is first trained, and every later target for
+# that RUN uses them unless you give them again on the command line.
 
 PYTHON  ?= python3
 VENV    ?= .venv
-DATA    ?= https://huggingface.co/datasets/LeoFeng/MLHW_6/resolve/main/faces.zip
+HW6_URL := https://huggingface.co/datasets/LeoFeng/MLHW_6/resolve/main/faces.zip
+DATA    ?= $(HW6_URL)
 WORK    ?= work
 DEVICE  ?= auto
 SET     ?=
 PRESET  ?= strong
 RUN     ?= $(PRESET)
+RUN     := $(RUN)
 SIZE    ?= 64
 COUNT   ?= 1000
 FORMAT  ?= tgz
 FORCE   ?=
 INCEPTION ?=
+REF_COUNT ?=
 BACKBONE ?=
 WEIGHTS ?=
+INPUT_SIZE ?=
 QUERY   ?=
 K       ?= 5
 DETECTOR  ?=
@@ -31,17 +39,52 @@ WHEEL_DEPS ?= pytorch-fid
 # torch and torchvision must be a matched pair (a lone torchvision upgrade breaks at import)
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
 
+# Run names become folders and target names: letters, digits, '.', '_' and '-' only (no spaces, no '/').
+ifneq ($(shell printf '%s' '$(subst ','\'',$(RUN))' | LC_ALL=C grep -xE '[A-Za-z0-9._-]+' | grep -vxE '[.]+'),$(RUN))
+$(error error: RUN='$(RUN)' is not a valid run name: use letters, digits, '.', '_' and '-' (e.g. RUN=my_run))
+endif
+
 BIN      := $(VENV)/bin
 KG       ?= $(BIN)/kaggle-gan
 INSTALLED ?= $(VENV)/.installed
 PREPARED := $(WORK)/data/prepare.json
 RUN_DIR  := $(WORK)/runs/$(RUN)
-SETTINGS := $(RUN_DIR)/.make-settings
+RECORD   := $(RUN_DIR)/.make-run
 GENERATOR := $(RUN_DIR)/generator.pt
 IMAGES   := $(RUN_DIR)/images.json
 SCORES   := $(RUN_DIR)/scores.json
 SUBMISSION ?= submission
 ARCHIVE  := $(SUBMISSION)/$(RUN)/images.$(FORMAT)
+
+# What the run was trained with, unless given again on the command line (on purpose).
+recall = $(shell sed -n 's/^$(1)=//p' '$(RECORD)' 2>/dev/null)
+differs = $(filter-out $(1),$(2))$(filter-out $(2),$(1))
+ifneq ($(wildcard $(RECORD)),)
+  ifneq ($(origin PRESET),command line)
+    PRESET := $(call recall,PRESET)
+  endif
+  ifneq ($(origin SET),command line)
+    SET := $(call recall,SET)
+  endif
+  ifneq ($(origin DATA),command line)
+    DATA := $(call recall,DATA)
+  endif
+  # a value given on the command line that differs from the record: train again (resume, or refuse clearly)
+  CHANGED := $(call differs,$(call recall,PRESET),$(PRESET))$(call differs,$(call recall,SET),$(SET))
+  CHANGED += $(call differs,$(call recall,DATA),$(DATA))
+  RETRAIN := $(if $(strip $(CHANGED)),always)
+  KEEP_PREPARED :=
+else
+  RETRAIN :=
+  # DATA neither given nor recorded, and data already prepared in WORK: use it as it is (no download)
+  KEEP_PREPARED := $(if $(filter file,$(origin DATA)),$(wildcard $(PREPARED)))
+endif
+# training happens only when generator.pt is missing or RETRAIN: only then does it need the prepared data
+TRAINS := $(or $(RETRAIN),$(if $(wildcard $(GENERATOR)),,yes))
+record_run = @printf 'PRESET=%s\nSET=%s\nDATA=%s\n' '$(PRESET)' '$(SET)' '$(DATA)' > '$(RECORD).tmp' \
+	&& mv '$(RECORD).tmp' '$(RECORD)'
+# $(call remember,FILE,VALUES): FILE holds VALUES and is rewritten only when they change, so what depends on it re-runs
+remember = @mkdir -p '$(dir $(1))'; echo '$(2)' | cmp -s - '$(1)' || echo '$(2)' > '$(1)'
 
 .PHONY: help setup prepare baseline medium wgan strong boss race toy cgan train generate submit score neighbours leaderboard presets test smoke bench wheel always
 
@@ -75,8 +118,9 @@ help:
 	@echo "  WORK=$(WORK)  DEVICE=$(DEVICE)  PRESET=$(PRESET)  RUN=$(RUN)  SIZE=$(SIZE)  COUNT=$(COUNT)"
 	@echo "  SET='$(SET)'   space-separated key=value overrides, e.g. SET='train.epochs=5 train.batch_size=128'"
 	@echo "  FORMAT=$(FORMAT) (tgz for HW6, zip for Kaggle)  FORCE=1 replaces an existing archive"
-	@echo "  INCEPTION=path|random:SEED  DETECTOR=path   (offline scoring)"
-	@echo "  BACKBONE=clip|inception|timm-name  WEIGHTS=path|random:SEED  QUERY=folder|file  K=$(K)   (neighbours)"
+	@echo "  INCEPTION=path|random:SEED  DETECTOR=path  REF_COUNT=N   (scoring; a change re-scores)"
+	@echo "  BACKBONE=clip|inception|timm-name  WEIGHTS=path|random:SEED  INPUT_SIZE=N  QUERY=folder|file  K=$(K)   (neighbours)"
+	@echo "  RUN remembers PRESET, SET and DATA from its first training ($(RECORD)); give them again to change them"
 	@echo "  GPUS=$(GPUS)   N: train on N GPUs with torchrun + DDP (the batch is split N ways)"
 	@echo "  TOY_ARGS='$(TOY_ARGS)'  e.g. '--mixtures ring8,grid25 --losses wgan-gp'   CGAN_ARGS='$(CGAN_ARGS)'"
 
@@ -88,41 +132,48 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-# prepare always runs (it is a no-op when DATA is unchanged) and touches its
-# output only when something changed, so downstream targets stay up to date.
+# prepare runs whenever DATA is given or recorded (a no-op when it is unchanged; it touches its output only
+# when something changed); with no DATA anywhere, data already prepared in WORK is used as it is.
 prepare: $(PREPARED)
-$(PREPARED): $(INSTALLED) always
+$(PREPARED): $(INSTALLED) $(if $(KEEP_PREPARED),,always)
 	$(KG) prepare --data '$(DATA)' --work '$(WORK)' --size $(SIZE)
 
-# the preset and overrides of a run, rewritten only when they change
-$(SETTINGS): always
-	@mkdir -p '$(@D)'
-	@echo '$(PRESET) $(SET)' | cmp -s - '$@' || echo '$(PRESET) $(SET)' > '$@'
-
+# Trains when generator.pt is missing, or when PRESET, SET or DATA on the command line differ from the run's
+# record. The record is written at the first attempt and rewritten only after a training that succeeded, so a
+# refused or interrupted attempt never changes what the next command recalls.
 train: $(GENERATOR)
-$(GENERATOR): $(PREPARED) $(SETTINGS)
+$(GENERATOR): $(RETRAIN) | $(if $(TRAINS),$(PREPARED))
+	@mkdir -p '$(RUN_DIR)'
+	$(if $(wildcard $(RECORD)),,$(record_run))
 	$(if $(filter-out 0 1,$(GPUS)),$(TORCHRUN) --standalone --nproc_per_node=$(GPUS) -m kaggle_gan.cli,$(KG)) train --preset $(PRESET) --run-name '$(RUN)' --work '$(WORK)' --device $(DEVICE) $(if $(strip $(SET)),--set '$(SET)')
+	$(record_run)
 
 generate: $(IMAGES)
-$(IMAGES): $(GENERATOR)
+$(IMAGES): $(GENERATOR) $(RUN_DIR)/.make-generate
 	$(KG) generate --run '$(RUN)' --work '$(WORK)' --count $(COUNT) --size 64 --device $(DEVICE)
+$(RUN_DIR)/.make-generate: always
+	$(call remember,$@,COUNT=$(COUNT))
 
+# replaces an archive that submit itself wrote (new images); anything else there is refused unless FORCE=1
 submit: $(ARCHIVE)
 $(ARCHIVE): $(IMAGES)
-	$(KG) submit --run '$(RUN)' --work '$(WORK)' --count $(COUNT) --format $(FORMAT) --out '$@' $(if $(FORCE),--force)
+	$(KG) submit --run '$(RUN)' --work '$(WORK)' --count $(COUNT) --format $(FORMAT) --out '$@' --update $(if $(FORCE),--force)
 
 baseline medium wgan strong boss:
 	@$(MAKE) --no-print-directory submit PRESET=$@
 
 score: $(SCORES)
-$(SCORES): $(IMAGES)
-	$(KG) score --run '$(RUN)' --work '$(WORK)' --device $(DEVICE) --out '$@' \
+$(SCORES): $(IMAGES) $(RUN_DIR)/.make-score | $(PREPARED)
+	$(KG) score --run '$(RUN)' --work '$(WORK)' --device $(DEVICE) --out '$@' $(if $(REF_COUNT),--ref-count $(REF_COUNT)) \
 		$(if $(INCEPTION),--inception-weights '$(INCEPTION)') $(if $(DETECTOR),--detector '$(DETECTOR)')
+$(RUN_DIR)/.make-score: always
+	$(call remember,$@,INCEPTION=$(INCEPTION) DETECTOR=$(DETECTOR) REF_COUNT=$(REF_COUNT))
 
 # always runs: the feature index of the training data is cached, a query is seconds
-neighbours: $(if $(QUERY),$(INSTALLED),$(IMAGES))
+neighbours: $(if $(QUERY),$(INSTALLED),$(IMAGES)) | $(PREPARED)
 	$(KG) neighbours --run '$(RUN)' --work '$(WORK)' --device $(DEVICE) --k $(K) $(if $(QUERY),--images '$(QUERY)') \
-		$(if $(BACKBONE),--backbone '$(BACKBONE)') $(if $(WEIGHTS),--weights '$(WEIGHTS)')
+		$(if $(BACKBONE),--backbone '$(BACKBONE)') $(if $(WEIGHTS),--weights '$(WEIGHTS)') \
+		$(if $(INPUT_SIZE),--input-size $(INPUT_SIZE))
 
 # every preset for the same images shown to the critic, scored along the way (FID: the cached Inception
 # weights, else random:0, a labelled proxy). GPU, full scale: RACE_ARGS='--resolution 64 --width 64 --kimg 2000 --count 1000'
@@ -159,7 +210,7 @@ test: $(INSTALLED)
 	$(BIN)/python -m pytest -q
 
 smoke:
-	@$(MAKE) --no-print-directory submit PRESET=smoke RUN=smoke WORK='$(WORK)/smoke'
+	@$(MAKE) --no-print-directory submit PRESET=smoke RUN=smoke
 
 # Built beside the target and renamed, so an interrupted build never leaves half a wheelhouse.
 # No build isolation: the build uses the setuptools already in the venv (works offline).

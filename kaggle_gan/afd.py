@@ -24,12 +24,16 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from .io import UserError, cache_dir, download, sha256_file
+from .io import UserError, cache_dir, download, option_hint, sha256_file
 
 CASCADE_URL = "https://raw.githubusercontent.com/nagadomi/lbpcascade_animeface/master/lbpcascade_animeface.xml"
 CASCADE_SHA256 = "9376d30ac38db6bda2a68b88b3b76bbd7e6aa33af47f7f5c76bc88ca75f1ce30"
 CASCADE_BYTES = 246_945
 CASCADE_FILENAME = "lbpcascade_animeface.xml"
+
+
+def _detector_hint() -> str:
+    return option_hint("--detector", "DETECTOR", f"path/to/{CASCADE_FILENAME}")
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,7 @@ class CascadeDetector(Detector):
         except (cv2.error, SystemError):  # malformed XML raises instead of returning an empty classifier
             self._cascade = None
         if self._cascade is None or self._cascade.empty():
-            raise UserError(f"{self.path} is not an OpenCV cascade file; pass --detector path/to/{CASCADE_FILENAME}")
+            raise UserError(f"{self.path} is not an OpenCV cascade file; pass {_detector_hint()}")
 
     def detect(self, image: np.ndarray) -> List[Detection]:
         import cv2
@@ -139,7 +143,7 @@ def cascade_file(path: Union[str, Path, None] = None) -> Path:
     if path:
         path = Path(path).expanduser()
         if not path.is_file():
-            raise UserError(f"detector file not found: {path}; pass --detector path/to/{CASCADE_FILENAME}")
+            raise UserError(f"detector file not found: {path}; pass {_detector_hint()}")
         return path
     return download(
         CASCADE_URL,
@@ -147,7 +151,7 @@ def cascade_file(path: Union[str, Path, None] = None) -> Path:
         sha256=CASCADE_SHA256,
         size=CASCADE_BYTES,
         what=CASCADE_FILENAME,
-        offline_hint=f"Offline: get {CASCADE_FILENAME} elsewhere and pass --detector path/to/{CASCADE_FILENAME}",
+        offline_hint=f"Offline: get {CASCADE_FILENAME} elsewhere and pass {_detector_hint()}",
     )
 
 

@@ -28,7 +28,7 @@ from typing import Dict, Optional, Tuple, Union
 import numpy as np
 
 from .config import Config, Preset, describe_presets, resolve
-from .io import UserError, atomic_path, read_json, write_json
+from .io import RunLock, UserError, atomic_path, read_json, write_json
 
 DIGITS = "digits"
 HELD_OUT = 0.2  # share of the real images the grading classifier never trains on: its ceiling is measured there
@@ -210,8 +210,9 @@ def cgan(out: Union[str, Path], data: str = DIGITS, labels: Optional[str] = None
     names = prepared.classes
     cfg = cgan_config(len(names), overrides)
     start = time.perf_counter()
-    trainer = Trainer(cfg, prepared.folder, out / "run", device=device, progress=progress)
-    trainer.run()
+    with RunLock(out / "run"):
+        trainer = Trainer(cfg, prepared.folder, out / "run", device=device, progress=progress)
+        trainer.run()
     train_s = time.perf_counter() - start
 
     start = time.perf_counter()

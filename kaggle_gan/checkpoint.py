@@ -104,22 +104,59 @@ def save_generator(weights: Dict[str, Any], config: Dict[str, Any], step: int, p
     return Path(path)
 
 
+def _is_whole_pickle(data: bytes) -> bool:
+    """True if ``data`` parses as one complete pickle stream (parsed by ``pickletools``, never executed)."""
+    import io
+    import pickletools
+
+    try:
+        for _op, _arg, _pos in pickletools.genops(io.BytesIO(data)):
+            pass
+    except Exception:  # random bytes, a truncated stream
+        return False
+    return True
+
+
+def _carries_pickled_code(path: Path) -> bool:
+    """Whether a file that ``weights_only`` refused is a real pickle (code to refuse) rather than damage.
+
+    A ``torch.save`` file is a zip whose ``*/data.pkl`` member holds the pickle;
+    the legacy format is a bare pickle. Random or truncated bytes do not parse as
+    a whole pickle stream, so they count as damage, not as an attack.
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            member = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
+            return member is not None and _is_whole_pickle(zf.read(member))
+    except (zipfile.BadZipFile, OSError, KeyError, EOFError):
+        pass
+    try:
+        return _is_whole_pickle(Path(path).read_bytes())
+    except OSError:
+        return False
+
+
 def load_file(path: Path, map_location: str = "cpu", formats=(FORMAT,)) -> Dict[str, Any]:
-    """Load one checkpoint safely; ``UserError`` for a refused file, ``ValueError`` for a corrupt one."""
+    """Load one checkpoint safely.
+
+    ``UserError`` for a file that carries pickled code (refused, never run);
+    ``ValueError`` for a damaged one (empty, truncated, random bytes, a
+    content digest that does not match), which callers skip for an older copy
+    (:func:`load_latest`, and ``generate`` for ``generator.pt``).
+    """
     path = Path(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "weights_only" in str(err) or "Unsupported global" in str(err) or "GLOBAL" in str(err):
+    except Exception as err:  # torch raises many kinds for damaged files (IndexError for an empty one)
+        if isinstance(err, pickle.UnpicklingError) and _carries_pickled_code(path):
             raise UserError(
                 f"refusing {path}: it carries pickled Python objects, which could run code when loaded; "
                 "only kaggle_gan checkpoints (tensors and plain values) are accepted"
             ) from None
-        raise ValueError(f"{path} is corrupt ({str(err).splitlines()[0]})") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, KeyError) as err:
-        raise ValueError(f"{path} is corrupt or truncated ({type(err).__name__}: {str(err).splitlines()[0][:120]})") from None
+        why = "not a pickle" if isinstance(err, pickle.UnpicklingError) else str(err).strip().split(". ")[0][:120]
+        raise ValueError(f"{path} is corrupt or truncated ({type(err).__name__}: {why})") from None
     if not isinstance(state, dict) or state.get("format") not in formats:
         raise ValueError(f"{path} is not a kaggle_gan checkpoint")
     # files written before the digest existed carry none; any file that has one must match it
@@ -159,8 +196,8 @@ def check_compatible(saved: Dict[str, Any], wanted: Dict[str, Any], path: str) -
             old = saved.get(group, {}).get(key, defaults[group][key])
             if old != value:
                 raise UserError(
-                    f"{path} was trained with {group}.{key}={old!r}, not {value!r}; "
-                    "use another RUN name (or delete the run folder) to start afresh"
+                    f"{path} was trained with {group}.{key}={old!r}, not {value!r}; keep its settings "
+                    "(make remembers them: leave PRESET and SET out) or train the new ones under another RUN name"
                 )
     for key in ("batch_size", "seed"):
         if saved["train"][key] != wanted["train"][key]:

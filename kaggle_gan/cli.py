@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from . import race as race_defaults  # the race's defaults (light: no torch, numpy or pandas)
-from .io import UserError
+from .io import UserError, check_run_name, write_failure
 
 DEFAULT_WORK = "work"
 
@@ -24,8 +24,8 @@ def _train(a):
     from .train import train
 
     cfg = resolve(a.preset, parse_set(a.set))
-    run = Path(a.work) / "runs" / (a.run or a.preset)
-    train(cfg, Path(a.data or Path(a.work) / "data"), run, device=a.device, resume=a.resume)
+    run = Path(a.work) / "runs" / check_run_name(a.run or a.preset)
+    train(cfg, Path(a.data or Path(a.work) / "data"), run, device=a.device, resume=a.resume, preset=a.preset)
 
 
 def _generate(a):
@@ -41,7 +41,7 @@ def _submit(a):
 
     images = Path(a.images) if a.images else Path(a.work) / "runs" / a.run / "images"
     out = Path(a.out) if a.out else Path("submission") / a.run / f"images.{a.format}"
-    pack(images, out, fmt=a.format, count=a.count, size=a.size, force=a.force)
+    pack(images, out, fmt=a.format, count=a.count, size=a.size, force=a.force, update=a.update)
 
 
 def _score(a):
@@ -161,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", default="tgz", choices=("tgz", "zip"))
     s.add_argument("--count", type=int, default=1000)
     s.add_argument("--size", type=int, default=64)
-    s.add_argument("--force", action="store_true", help="replace an existing archive")
+    s.add_argument("--force", action="store_true", help="replace an existing archive, whoever wrote it")
+    s.add_argument("--update", action="store_true", help="replace the archive if submit wrote it and it is unchanged "
+                   "since (what make submit does after new images)")
 
     s = command("score", _score, "FID and anime-face detection rate, with the homework's verdicts")
     s.add_argument("--images", help="folder of images (default: WORK/runs/RUN/images)")
@@ -241,13 +243,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "run", None) is not None:
+            check_run_name(args.run)
         args.fn(args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # train saves first and says where (train.Interrupted)
+        print(str(err) or "interrupted; run the same command again to resume", file=sys.stderr)
+        return 128 + getattr(err, "signum", 2)
+    except (OSError, RuntimeError) as err:  # a full disk or read-only folder met outside atomic_path
+        failure = write_failure(err)
+        if failure is None:
+            raise
+        print(f"error: {failure}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -15,7 +15,7 @@ import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional, Protocol, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -27,6 +27,7 @@ FILTERS = ("bilinear", "bicubic", "lanczos", "box")
 MAX_PIXELS = 40_000_000  # declared width * height above this is a decompression bomb
 MAX_MEMBER_BYTES = 64 << 20  # no face crop is this large
 MAX_RATIO = 200  # uncompressed / compressed; JPEGs barely compress, bombs compress ~1000x
+MIN_SIDE = 8  # pixels; smaller images (icons, tracking pixels) are no faces, and a crop of them is mush
 _SKIP_NAMES = re.compile(r"(^|/)(__MACOSX/|\.DS_Store$|Thumbs\.db$)")
 
 
@@ -100,8 +101,8 @@ def decode_image(data: bytes, size: int, resample: str = "bilinear") -> np.ndarr
         w, h = img.size
         if w * h > MAX_PIXELS:
             raise ValueError(f"declared size {w}x{h} too large (decompression bomb?)")
-        if w < 1 or h < 1:
-            raise ValueError("zero-size image")
+        if w < MIN_SIDE or h < MIN_SIDE:
+            raise ValueError(f"too small ({w}x{h}; under {MIN_SIDE} px on a side)")
         try:
             img.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
@@ -123,11 +124,34 @@ def decode_image(data: bytes, size: int, resample: str = "bilinear") -> np.ndarr
 
 # --- listing the input -------------------------------------------------------
 
+def open_zip(path: Union[str, Path]) -> zipfile.ZipFile:
+    """A ``ZipFile`` whose member names read as their writer meant.
+
+    Info-ZIP's ``zip`` stores UTF-8 names without the UTF-8 flag (bit 11), so
+    ``zipfile`` decodes them as cp437 (``faces/é.jpg`` -> ``faces/Ã©.jpg``).
+    Such names are re-decoded as UTF-8 when that succeeds, as ``unzip`` does;
+    ``orig_filename`` is kept, so the members still open.
+    """
+    zf = zipfile.ZipFile(path)
+    for info in zf.infolist():
+        if info.flag_bits & 0x800:
+            continue
+        try:
+            fixed = info.filename.encode("cp437").decode("utf-8")
+        except UnicodeError:
+            continue
+        if fixed != info.filename:
+            zf.NameToInfo.pop(info.filename, None)
+            info.filename = fixed
+            zf.NameToInfo[fixed] = info
+    return zf
+
+
 def _list_zip(path: Path) -> Tuple[List[str], List[Tuple[str, str]]]:
     """Members worth decoding, and (member, reason) for those refused unread."""
     keep, refused = [], []
     try:
-        zf = zipfile.ZipFile(path)
+        zf = open_zip(path)
     except (zipfile.BadZipFile, OSError) as err:
         raise UserError(f"{path} is not a readable zip ({err}); pass DATA= a zip, a folder or a URL") from None
     with zf:
@@ -187,9 +211,25 @@ def _printable(name: str) -> str:
 _WORKER_ZIP: Optional[zipfile.ZipFile] = None
 
 
-def _worker_init(zip_path: Optional[str]) -> None:
+def _die_with(parent: int) -> None:
+    """Make this decoding worker die with the process that started it, even after a ``kill -9`` of that
+    process (Linux: ``PR_SET_PDEATHSIG``), so no orphan lingers, holding memory and open files."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the pool's own shutdown is all there is
+        return
+    if os.getppid() != parent:  # the parent died before the request above was in place
+        os._exit(1)
+
+
+def _worker_init(zip_path: Optional[str], parent: Optional[int] = None) -> None:
     global _WORKER_ZIP
-    _WORKER_ZIP = zipfile.ZipFile(zip_path) if zip_path else None
+    if parent is not None:
+        _die_with(parent)
+    _WORKER_ZIP = open_zip(zip_path) if zip_path else None
 
 
 def _read(source: str, name: str) -> bytes:
@@ -236,7 +276,8 @@ def _decode_all(source: Path, is_zip: bool, names: Sequence[str], size: int, res
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn" if os.name == "nt" else "fork")
-        with ProcessPoolExecutor(workers, ctx, initializer=_worker_init, initargs=(str(source) if is_zip else None,)) as ex:
+        initargs = (str(source) if is_zip else None, os.getpid())
+        with ProcessPoolExecutor(workers, ctx, initializer=_worker_init, initargs=initargs) as ex:
             for t, res in zip(tasks, ex.map(_decode_chunk, tasks)):
                 results.extend(res)
                 bar.update(len(t[1]))
@@ -419,20 +460,26 @@ def write_prepared(out: Path, images: np.ndarray, manifest, meta: dict, labels: 
                    classes: Optional[List[str]] = None) -> Prepared:
     """Write a prepared folder: ``images.npy`` (N, H, W, 3) uint8, ``labels.npy`` (N,) int64 indices into
     ``classes`` when labelled, ``manifest.csv``, and ``prepare.json`` last (it marks the folder finished)."""
+    import contextlib
+
     out.mkdir(parents=True, exist_ok=True)
     done = out / "prepare.json"
-    done.unlink(missing_ok=True)  # from here on the folder is unfinished until prepare.json is back
-    with atomic_path(out / "images.npy", suffix=".npy") as tmp:
-        np.save(tmp, images)
-    with atomic_path(out / "manifest.csv") as tmp:
-        manifest.to_csv(tmp, index=False)
-    meta = dict(meta, kept=len(images), skipped=int((manifest.status != "ok").sum()), shape=list(images.shape),
-                images_sha256=sha256_file(out / "images.npy"), version=__version__)
-    if labels is not None:
-        with atomic_path(out / "labels.npy", suffix=".npy") as tmp:
-            np.save(tmp, np.asarray(labels, dtype=np.int64))
-        meta.update(classes=list(classes), labels_sha256=sha256_file(out / "labels.npy"))
-    else:
+    # Every file is written under a temporary name first, so a full disk or a kill while writing leaves the
+    # earlier prepared folder whole. Only then is prepare.json removed (the folder is unfinished until it is
+    # back), and the files move into place as the block closes.
+    with contextlib.ExitStack() as stack:
+        tmp_images = stack.enter_context(atomic_path(out / "images.npy", suffix=".npy"))
+        np.save(tmp_images, images)
+        tmp_manifest = stack.enter_context(atomic_path(out / "manifest.csv"))
+        manifest.to_csv(tmp_manifest, index=False)
+        meta = dict(meta, kept=len(images), skipped=int((manifest.status != "ok").sum()), shape=list(images.shape),
+                    images_sha256=sha256_file(tmp_images), version=__version__)
+        if labels is not None:
+            tmp_labels = stack.enter_context(atomic_path(out / "labels.npy", suffix=".npy"))
+            np.save(tmp_labels, np.asarray(labels, dtype=np.int64))
+            meta.update(classes=list(classes), labels_sha256=sha256_file(tmp_labels))
+        done.unlink(missing_ok=True)
+    if labels is None:
         (out / "labels.npy").unlink(missing_ok=True)
     write_json(done, meta)
     return load_prepared(out)

@@ -19,6 +19,8 @@ from typing import Callable, Optional, Tuple, Union
 
 import numpy as np
 
+from . import chunks
+from .chunks import chunked_rows
 from .io import atomic_path
 from .weights import ResolvedWeights, WeightsSpec, resolve_weights
 
@@ -33,6 +35,7 @@ FID_WEIGHTS = WeightsSpec(
     url="https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
     sha256="6726825d",
     option="--inception-weights",
+    make_var="INCEPTION",
 )
 HOLDOUT = 1000  # held-out real images for the floor: as many as a submission, so both carry the same small-sample bias
 SELECTION_SEED = 0
@@ -41,6 +44,7 @@ SELECTION_SEED = 0
 SD_ROUNDS = 30
 SD_MIN_IMAGES = 6  # below this, halves of 2 images say nothing: half_sample_sd gives None
 CACHE_FORMAT = 1
+REFERENCE_CHUNK = 500  # images per saved chunk of reference features: about a minute of Inception on 2 CPU cores
 
 
 # --- the network -------------------------------------------------------------
@@ -326,11 +330,14 @@ def reference_stats(
     holdout: int = HOLDOUT,
     batch_size: int = 32,
     view: Optional[Tuple[str, Callable[[np.ndarray], np.ndarray]]] = None,
+    chunk: int = REFERENCE_CHUNK,
 ) -> ReferenceStats:
     """Statistics of a seeded subsample of the prepared ``images`` (N, H, W, 3) uint8, cached.
 
     ``view`` = (name, function) transforms the chosen reference and held-out
     images first (the race's low-resolution round trip); the name joins the cache key.
+    Features are computed ``chunk`` images at a time and each chunk is kept until
+    the statistics are stored, so an interrupted run continues from its last chunk.
 
     The cache key covers the data hash, image size, resize policy, weights
     identity and both sample counts; the file is written atomically and its
@@ -349,13 +356,23 @@ def reference_stats(
     order = np.random.default_rng(SELECTION_SEED).permutation(n)
     hold_idx, ref_idx = np.sort(order[:hold]), np.sort(order[hold : hold + ref])
     seen = view[1] if view else (lambda x: x)
-    mu, sigma = statistics(activations(seen(images[ref_idx]), model, batch_size, desc=f"reference stats ({ref} images)"))
-    held = activations(seen(images[hold_idx]), model, batch_size, desc=f"real floor ({hold} images)")
+    parts = Path(cache) / f"ref-{key}.parts"  # chunks of features: an interrupted run continues from them
+
+    def features(idx: np.ndarray, name: str, desc: str) -> np.ndarray:
+        # the network's outputs are float32, so float32 chunks hold them exactly
+        rows = chunked_rows(len(idx), lambda a, b: activations(seen(images[idx[a:b]]), model, batch_size,
+                                                               desc=desc).astype(np.float32),
+                            parts / name, chunk, desc=desc)
+        return rows.astype(np.float64)
+
+    mu, sigma = statistics(features(ref_idx, "reference", f"reference stats ({ref} images)"))
+    held = features(hold_idx, "holdout", f"real floor ({hold} images)")
     floor = frechet_distance_to_features(held, mu, sigma)
     floor_sd = half_sample_sd(held, mu, sigma)
     extra = {} if floor_sd is None else {"floor_sd": np.float64(floor_sd)}
     with atomic_path(path, suffix=".npz") as tmp:
         np.savez(tmp, mu=mu, sigma=sigma, floor=np.float64(floor), fields=json.dumps(fields, sort_keys=True), **extra)
+    chunks.remove(parts)
     return ReferenceStats(mu, sigma, ref, hold, floor, key, fields, path, False, floor_sd)
 
 

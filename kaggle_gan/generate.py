@@ -3,6 +3,11 @@
 Images are drawn in batches on the device while a thread pool encodes and
 writes the previous batch; the folder appears under its final name only
 when every file is in it.
+
+The folder carries a marker, ``.kaggle_gan.json``, listing what it wrote. A
+later ``generate`` replaces a folder only when the marker (or, for folders
+from before the marker, the ``images.json`` beside it) accounts for every file
+in it: a folder holding anything else is refused, never emptied.
 """
 from __future__ import annotations
 
@@ -18,12 +23,14 @@ import torch
 
 from .checkpoint import FORMAT, GENERATOR_FORMAT, load_file, load_latest
 from .config import Config
-from .io import UserError, write_json
+from .io import UserError, current_umask, read_json, write_failure, write_json
 from .models import bind, build_models
 from .runtime import resolve_device
 
 FORMATS = (FORMAT, GENERATOR_FORMAT)
 JPEG_QUALITY = 85  # even 1000 noise-like 64x64 images stay under the homework's 2 MB
+MARKER = ".kaggle_gan.json"  # inside an output folder: what generate wrote there
+WRITTEN_BY = "kaggle_gan generate"
 
 
 def load_generator(source: Path, device: torch.device) -> Tuple[torch.nn.Module, Config, int]:
@@ -87,15 +94,22 @@ def generate(
 
     if n < 1:
         raise UserError(f"--count must be positive, got {n}")
+    out = Path(out)
+    check_replaceable(out)  # before minutes of work: a folder that is not ours is never touched
     dev = resolve_device(device)
     G, cfg, step = load_generator(source, dev)
     if cfg.model.arch == "mlp":
         raise UserError(f"{source} is a 2-D toy run: it draws points, not images (see its samples/ pictures)")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for leftover in [*out.parent.glob(f".tmp-{out.name}.*"), *out.parent.glob(f".old-{out.name}.*")]:
-        shutil.rmtree(leftover, ignore_errors=True)  # from a generate killed earlier
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}.", dir=out.parent))
+    meta = {"written_by": WRITTEN_BY, "source": str(source), "step": step, "count": n, "seed": seed, "size": size,
+            "quality": quality}
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for leftover in [*out.parent.glob(f".tmp-{out.name}.*"), *out.parent.glob(f".old-{out.name}.*")]:
+            shutil.rmtree(leftover, ignore_errors=True)  # from a generate killed earlier
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}.", dir=out.parent))
+    except OSError as err:
+        raise write_failure(err, out) or err from None
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; the finished folder gets the usual permissions
     noise = torch.Generator().manual_seed(seed)
     try:
         with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
@@ -112,14 +126,67 @@ def generate(
                 pending.append(pool.submit(_write_batch, x, tmp, first + 1, quality))
             for f in pending:
                 f.result()
+        write_json(tmp / MARKER, {**meta, "files": [f"{i}.jpg" for i in range(1, n + 1)]})
         _replace_dir(tmp, out)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        failure = write_failure(err, out) if isinstance(err, OSError) else None
+        if failure is not None:
+            raise failure from None
         raise
-    write_json(out.parent / f"{out.name}.json", {"source": str(source), "step": step, "count": n, "seed": seed,
-                                                 "size": size, "quality": quality})
+    sidecar = out.parent / f"{out.name}.json"
+    if not sidecar.exists() or _ours(sidecar):
+        write_json(sidecar, meta)
+    else:
+        print(f"generate: left {sidecar} alone (not written by kaggle_gan); the details are in {out / MARKER}")
     print(f"generate: {n} images from step {step} in {out}")
     return out
+
+
+def _ours(sidecar: Path) -> bool:
+    """Whether ``NAME.json`` beside a folder was written by generate (today's, or the keys older versions wrote)."""
+    try:
+        meta = read_json(sidecar)
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and (meta.get("written_by") == WRITTEN_BY
+                                       or {"source", "step", "count", "seed", "size"} <= set(meta))
+
+
+def _written_files(folder: Path) -> Optional[set]:
+    """The files an earlier generate wrote into ``folder``, or None when nothing says it wrote there."""
+    marker = folder / MARKER
+    if marker.is_file():
+        try:
+            meta = read_json(marker)
+            if meta.get("written_by") == WRITTEN_BY:
+                return {MARKER, *meta["files"]}
+        except (OSError, ValueError, AttributeError, KeyError, TypeError):
+            return None
+        return None
+    sidecar = folder.parent / f"{folder.name}.json"  # a folder written before the marker existed
+    if sidecar.is_file() and _ours(sidecar):
+        return {f"{i}.jpg" for i in range(1, int(read_json(sidecar)["count"]) + 1)}
+    return None
+
+
+def check_replaceable(out: Path) -> None:
+    """Refuse ``out`` unless it is absent, empty, or an earlier generate's folder holding only what it wrote."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UserError(f"{out} is a file, not a folder; choose a new or empty folder for --out")
+    present = sorted(p.name for p in out.iterdir())
+    if not present:
+        return
+    written = _written_files(out)
+    if written is None:
+        raise UserError(f"refusing to write into {out}: it holds {len(present)} file(s) kaggle_gan did not write "
+                        f"(e.g. {', '.join(present[:3])}); choose a new or empty folder for --out")
+    foreign = [name for name in present if name not in written]
+    if foreign:
+        raise UserError(f"refusing to replace {out}: besides an earlier generate's images it holds {len(foreign)} "
+                        f"other file(s) (e.g. {', '.join(foreign[:3])}); move them out or choose another --out")
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:

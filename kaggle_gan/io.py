@@ -7,19 +7,69 @@ or the new one, never half of one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import http.client
 import json
 import os
+import re
 import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional, Union
 
 
 class UserError(RuntimeError):
     """A problem the user can fix; the CLI prints it as one line, without a traceback."""
+
+
+def option_hint(flag: str, make_var: str, value: str) -> str:
+    """How to pass ``value``: ``DETECTOR=path`` under ``make`` (which sets MAKELEVEL), else ``--detector path``."""
+    return f"{make_var}={value}" if make_var and os.environ.get("MAKELEVEL") else f"{flag} {value}"
+
+
+RUN_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def check_run_name(name: str) -> str:
+    """``name`` if it is a safe run name (letters, digits, '.', '_', '-'; not only dots), else a UserError.
+
+    Run names become folder and Make target names: a space splits a Make
+    target in two, a '/' or '..' would write outside ``WORK/runs`` and ``submission/``.
+    """
+    if not RUN_NAME.fullmatch(name or "") or set(name) == {"."}:
+        raise UserError(f"run name {name!r} is not allowed: use letters, digits, '.', '_' and '-' "
+                        f"(e.g. {re.sub(r'[^A-Za-z0-9._-]+', '_', name or '').strip('.') or 'run1'!r})")
+    return name
+
+
+# errno -> (what happened, what to do): failed writes the user has to fix, reported in one line
+_WRITE_ERRORS: Dict[int, tuple] = {
+    errno.ENOSPC: ("no space left on the device", "free some space, or point WORK= (--work) at a larger disk"),
+    errno.EDQUOT: ("disk quota exceeded", "free some space, or point WORK= (--work) at a larger disk"),
+    errno.EFBIG: ("file too large for this file system or limit", "point WORK= (--work) at another disk"),
+    errno.EROFS: ("read-only file system", "point WORK= (--work) at a writable folder"),
+    errno.EACCES: ("permission denied", "point WORK= (--work) at a folder you can write to"),
+    errno.EPERM: ("operation not permitted", "point WORK= (--work) at a folder you can write to"),
+}
+# what torch.save (RuntimeError) and numpy.save (OSError without errno) raise when the disk fills under them
+_SHORT_WRITE = re.compile(r"PytorchStreamWriter failed|file write failed|unexpected pos|requested and \d+ written")
+
+
+def write_failure(err: BaseException, path: Union[str, Path, None] = None) -> Optional[UserError]:
+    """A one-line :class:`UserError` for a write that failed for a reason the user must fix
+    (full disk, quota, read-only or forbidden folder), naming ``path``; None for any other error."""
+    if isinstance(err, OSError) and err.errno in _WRITE_ERRORS:
+        what, fix = _WRITE_ERRORS[err.errno]
+        where = err.filename if err.filename is not None and path is None else path
+    elif isinstance(err, (OSError, RuntimeError)) and not isinstance(err, UserError) and _SHORT_WRITE.search(str(err)):
+        what, fix = "a short write (no space left on the device?)", _WRITE_ERRORS[errno.ENOSPC][1]
+        where = path
+    else:
+        return None
+    return UserError(f"cannot write {where if where is not None else 'a file'}: {what}; {fix}. "
+                     "Files written before are unchanged; run the same command again afterwards")
 
 
 def cache_dir() -> Path:
@@ -27,7 +77,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("KAGGLE_GAN_CACHE", Path.home() / ".cache" / "kaggle_gan"))
 
 
-def _umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -40,19 +90,25 @@ def atomic_path(final: Path, suffix: str = "") -> Iterator[Path]:
     The temporary name starts with ``.tmp-`` so nothing mistakes it for a finished file.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{final.name}.", suffix=suffix, dir=final.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; finished files get the usual permissions
-    tmp_path = Path(tmp)
+    tmp_path: Optional[Path] = None
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{final.name}.", suffix=suffix, dir=final.parent)
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; finished files get the usual permissions
+        tmp_path = Path(tmp)
         yield tmp_path
         if tmp_path.is_file():
             with open(tmp_path, "rb") as fh:
                 os.fsync(fh.fileno())
         os.replace(tmp_path, final)
+    except (OSError, RuntimeError) as err:  # a full disk or read-only folder: one line, the old file kept
+        failure = write_failure(err, final)
+        if failure is None:
+            raise
+        raise failure from None
     finally:
-        if tmp_path.exists() and tmp_path.is_file():
+        if tmp_path is not None and tmp_path.is_file():
             tmp_path.unlink()
 
 
@@ -144,36 +200,58 @@ def download(
 class RunLock:
     """An exclusive lock on a folder, so two processes never write the same run.
 
-    Uses ``flock``: the kernel releases it when the holder dies, so a killed
-    run never leaves a stale lock behind.
+    A POSIX record lock (``lockf``) on ``FOLDER/.lock``: the kernel drops it
+    when its process dies, and, unlike ``flock``, it is not inherited by the
+    processes that one forks (decoding workers, compile workers), so an orphan
+    left by a ``kill -9`` never keeps a run locked. POSIX locks do not exclude
+    the process that holds them, so locks held by this process are also kept
+    in :data:`_HELD`. The file names the holder's pid for the message.
     """
+
+    _HELD: Dict[str, int] = {}  # real path of each .lock this process holds -> its file descriptor
 
     def __init__(self, folder: Path, hint: str = "wait for it to finish or choose another RUN name"):
         self.path = Path(folder) / ".lock"
         self.hint = hint
-        self._fh = None
+        self._fd: Optional[int] = None
 
-    def __enter__(self) -> "RunLock":
+    def _refuse(self, holder: str) -> UserError:
+        return UserError(f"{self.path.parent} is in use by {holder}; {self.hint}")
+
+    def acquire(self) -> "RunLock":
         import fcntl
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "a+")
         try:
-            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._fh.seek(0)
-            holder = self._fh.read().strip() or "another process"
-            self._fh.close()
-            raise UserError(
-                f"{self.path.parent} is in use by {holder}; {self.hint}"
-            ) from None
-        self._fh.seek(0)
-        self._fh.truncate()
-        self._fh.write(f"pid {os.getpid()}")
-        self._fh.flush()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            key = os.path.realpath(self.path)
+            if key in RunLock._HELD:
+                raise self._refuse(f"pid {os.getpid()} (this process)")
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as err:
+            raise write_failure(err, self.path) or err from None
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EACCES, errno.EAGAIN):
+                os.close(fd)
+                raise
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)  # closing it never drops the other process's lock
+            raise self._refuse(holder) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        RunLock._HELD[key] = fd
+        self._fd, self._key = fd, key
         return self
 
+    def release(self) -> None:
+        if self._fd is not None:
+            RunLock._HELD.pop(self._key, None)
+            os.close(self._fd)  # drops the lock
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
     def __exit__(self, *exc: object) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        self.release()

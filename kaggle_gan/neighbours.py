@@ -27,6 +27,8 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from . import chunks
+from .chunks import chunked_rows
 from .io import UserError, atomic_path, write_json
 from .weights import ResolvedWeights, WeightsMissing, WeightsSpec, resolve_weights, search_dirs
 
@@ -35,6 +37,7 @@ ALIASES = {"clip": CLIP_MODEL}
 INDEX_FORMAT = 1
 DEFAULT_K = 5
 DEFAULT_CHUNK = 4096
+INDEX_CHUNK = 1000  # training images per saved chunk of index features (an interrupted build resumes from them)
 SHEET_ROWS = 16
 # The automatic threshold: a generated image is listed when it is closer to a
 # training image than 99% of training images are to their nearest *other*
@@ -119,7 +122,8 @@ def timm_weights_spec(name: str) -> Tuple[WeightsSpec, List[Path]]:
         url, filename = cfg.url, cfg.url.rsplit("/", 1)[-1]  # timm's own downloads keep this name in torch hub
     else:
         filename = f"{name}.pth"
-    return WeightsSpec(name=f"timm {name}", filename=filename, url=url, sha256=None, option="--weights"), hub_files
+    return WeightsSpec(name=f"timm {name}", filename=filename, url=url, sha256=None, option="--weights",
+                      make_var="WEIGHTS"), hub_files
 
 
 def resolve_backbone_weights(name: str, weights: Union[str, Path, None] = None) -> ResolvedWeights:
@@ -133,7 +137,7 @@ def resolve_backbone_weights(name: str, weights: Union[str, Path, None] = None) 
 
         from .fid import FID_WEIGHTS
 
-        return resolve_weights(replace(FID_WEIGHTS, option="--weights"), weights)
+        return resolve_weights(replace(FID_WEIGHTS, option="--weights", make_var="WEIGHTS"), weights)
     spec, hub_files = timm_weights_spec(name)
     if weights is None and hub_files:
         return resolve_weights(spec, hub_files[0])
@@ -325,12 +329,16 @@ def build_index(
     if loaded is not None:
         return Index(loaded[0], loaded[1], key, fields, path, True)
     t0 = time.perf_counter()
-    feats = embed(images, backbone, batch_size, desc=f"index {backbone.name} ({len(images)} images)")
+    parts = Path(cache) / f"index-{key}.parts"  # chunks of features: an interrupted build continues from them
+    desc = f"index {backbone.name} ({len(images)} images)"
+    feats = chunked_rows(len(images), lambda a, b: embed(images[a:b], backbone, batch_size, desc=desc),
+                         parts, INDEX_CHUNK, desc=desc)
     build_s = time.perf_counter() - t0
     features = feats.astype(np.float16)
     calibration = leave_one_out_top1(features, device=backbone.device)
     with atomic_path(path, suffix=".npz") as tmp:
         np.savez(tmp, features=features, calibration=calibration, fields=json.dumps(fields, sort_keys=True))
+    chunks.remove(parts)
     return Index(features, calibration, key, fields, path, False, build_s)
 
 

@@ -10,9 +10,10 @@ import zipfile
 from pathlib import Path
 from typing import List
 
-from .io import UserError, atomic_path
+from .io import UserError, atomic_path, sha256_file
 
 SIZE_LIMIT = 2 * 1024 * 1024
+HW6_COUNT = 1000
 FORMATS = ("tgz", "zip")
 
 
@@ -57,14 +58,38 @@ def validate(folder: Path, count: int = 1000, size: int = 64) -> List[Path]:
     return [present[n] for n in wanted]
 
 
-def pack(folder: Path, out: Path, fmt: str = "tgz", count: int = 1000, size: int = 64, force: bool = False) -> Path:
-    """Validate ``folder`` and write the archive ``out`` atomically; never overwrite unless ``force``."""
+def _digest_file(out: Path) -> Path:
+    """Where pack records the sha256 of the archive it wrote (a hidden file beside it)."""
+    return out.with_name(f".{out.name}.sha256")
+
+
+def written_by_pack(out: Path) -> bool:
+    """True if ``out`` is an archive this tool packed and nobody changed since (its recorded sha256 matches)."""
+    digest = _digest_file(out)
+    try:
+        return out.is_file() and digest.read_text().strip() == sha256_file(out)
+    except OSError:
+        return False
+
+
+def pack(folder: Path, out: Path, fmt: str = "tgz", count: int = 1000, size: int = 64, force: bool = False,
+         update: bool = False) -> Path:
+    """Validate ``folder`` and write the archive ``out`` atomically.
+
+    An existing ``out`` is replaced only with ``force``, or with ``update`` when it
+    is an archive pack wrote itself and nobody changed since (``make submit``
+    after new images); a file from anywhere else is never overwritten.
+    """
     if fmt not in FORMATS:
         raise UserError(f"unknown FORMAT={fmt!r}; use tgz (the homework) or zip (Kaggle-style)")
     out = Path(out)
-    if out.exists() and not force:
-        raise UserError(f"{out} already exists; remove it or pass --force (make submit FORCE=1) to replace it")
+    if out.exists() and not force and not (update and written_by_pack(out)):
+        why = "" if not update else " and was not packed by kaggle_gan (or was changed since)"
+        raise UserError(f"{out} already exists{why}; move it away, or pass --force (make submit FORCE=1) to replace it")
     files = validate(folder, count, size)
+    if count != HW6_COUNT:
+        print(f"warning: packing {count} images; HW6 takes exactly {HW6_COUNT} (COUNT={HW6_COUNT}). "
+              "Other counts are for competitions that ask for them")
     with atomic_path(out, suffix=f".{fmt}") as tmp:
         if fmt == "tgz":
             with tarfile.open(tmp, "w:gz") as tar:
@@ -74,6 +99,8 @@ def pack(folder: Path, out: Path, fmt: str = "tgz", count: int = 1000, size: int
             with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:  # JPEGs do not compress further
                 for f in files:
                     zf.write(f, arcname=f.name)
+    with atomic_path(_digest_file(out)) as tmp:
+        tmp.write_text(sha256_file(out) + "\n")
     nbytes = out.stat().st_size
     print(f"submit: {len(files)} images packed into {out} ({nbytes / 1e6:.2f} MB)")
     if nbytes > SIZE_LIMIT:

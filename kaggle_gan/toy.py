@@ -31,7 +31,7 @@ import numpy as np
 
 from .config import Config, Preset, describe_presets, resolve
 from .data import Batch, fixed_noise
-from .io import UserError, atomic_path
+from .io import RunLock, UserError, atomic_path
 
 #: mixture name -> (mode centres (K, 2), sigma)
 MIXTURES = ("ring8", "grid25")
@@ -205,9 +205,10 @@ def train_toy(name: str, loss: str, run_dir: Path, overrides: Optional[Dict[str,
     # the sample is one checkpoint's worth of batches: every epoch ends in a checkpoint and a picture
     data = Points(name, max(1, t.max_steps // checkpoints) * t.batch_size, t.seed, "cpu")
     start = time.perf_counter()
-    trainer = Trainer(cfg, data, run_dir, device=device, progress=progress)
-    resumed_at = trainer.step
-    trainer.run()
+    with RunLock(run_dir):
+        trainer = Trainer(cfg, data, run_dir, device=device, progress=progress)
+        resumed_at = trainer.step
+        trainer.run()
     seconds = time.perf_counter() - start
     G = trainer.sampler().eval()
     with torch.no_grad():

@@ -27,6 +27,8 @@ import copy
 import csv
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,9 +167,9 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config, data: Union[str, Path, Source], run_dir: Path, device: str = "auto",
-                 resume: bool = True, progress: bool = True):
+                 resume: bool = True, progress: bool = True, preset: str = ""):
         validate(cfg)
-        self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
+        self.cfg, self.run_dir, self.progress, self.preset = cfg, Path(run_dir), progress, preset
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.world = distributed.current()  # several ranks under torchrun; only rank 0 writes
         self.device = distributed.local_device(resolve_device(device), self.world)
@@ -322,6 +324,9 @@ class Trainer:
     def _resume(self) -> None:
         state = load_latest(self.ckpt_dir, map_location=str(self.device))
         if state is None:
+            if candidates(self.ckpt_dir):  # starting afresh would write over the only copies the user has
+                raise UserError(f"every checkpoint in {self.ckpt_dir} is damaged (see the warnings above); "
+                                "move that folder aside to start this run afresh, or train under another RUN name")
             return
         check_compatible(state["config"], self.cfg.to_dict(), state["path"])
         if state["data_sha256"] != self.data_sha256:
@@ -425,9 +430,10 @@ class Trainer:
 
         t = self.cfg.train
         main = self.world.is_main  # under torchrun only rank 0 locks, logs and writes
-        with RunLock(self.run_dir) if main else contextlib.nullcontext():
+        with StopRequests(enabled=not self.world.distributed) as stop:
             if main:
-                write_json(self.run_dir / "config.json", {"version": __version__, **self.cfg.to_dict()})
+                named = {"preset": self.preset} if self.preset else {}
+                write_json(self.run_dir / "config.json", {"version": __version__, **named, **self.cfg.to_dict()})
             log = RunLog(self.run_dir / "log.csv", self.step) if main else None
             if self.step >= self.total_steps:
                 print(f"train: {self.run_dir} already trained to step {self.step}")
@@ -441,51 +447,61 @@ class Trainer:
             order, order_epoch = None, -1
             self.G.train()
             self.D.train()
-            while self.step < self.total_steps:
-                epoch, position = divmod(self.step, self.steps_per_epoch)
-                if epoch != order_epoch:
-                    order, order_epoch = epoch_order(t.seed, epoch, len(self.data)).to(self.data.device), epoch
-                stats = self.train_step(self._batch(order, position))
-                for k, v in stats.items():
-                    if self.scaled:
-                        # Under fp16 the gradient scaler skips the steps whose gradients overflowed (and lowers
-                        # its scale); their losses are inf/NaN by design and are left out of the log's means.
-                        # A window with no finite value left is divergence all the same (caught below).
-                        kept = torch.isfinite(v)
-                        v = torch.where(kept, v, torch.zeros_like(v))
-                        counts[k] = counts[k] + kept if k in counts else kept.to(torch.int64)
-                    else:  # every value counts: a NaN reaches the mean and stops the run
-                        counts[k] = counts.get(k, 0) + 1
-                    sums[k] = sums[k] + v if k in sums else v.clone()
-                if not (t.fast or self.scaled):  # the sample code's habit: read every loss back at once
-                    _check_finite({k: v.item() for k, v in stats.items()}, self.step)
-                self.step += 1
-                bar.update(1)
-                end_of_epoch = self.step % self.steps_per_epoch == 0
-                if self.step % t.log_every == 0 or end_of_epoch or self.step == self.total_steps:
-                    means = {k: v.item() for k, v in
-                             distributed.mean_over_ranks({k: sums[k] / counts[k] for k in sums}, self.world).items()}
-                    _check_finite(means, self.step)
-                    now = time.perf_counter()
-                    self.elapsed += now - window_start
-                    rate = (self.step - window_step) * t.batch_size / max(now - window_start, 1e-9)
-                    if log:
-                        log.write(self.step, self.step / self.steps_per_epoch, self.step * t.batch_size / 1000,
-                                  self.elapsed, rate, means)
-                    bar.set_postfix({k: f"{v:.3f}" for k, v in means.items()} | {"img/s": f"{rate:.0f}"})
-                    sums, counts = {}, {}
-                    window_start, window_step = time.perf_counter(), self.step
-                if (t.sample_every and self.step % t.sample_every == 0) or end_of_epoch:
-                    self.sample_grid()
-                if end_of_epoch:
-                    self.save(epoch_copy=self.step // self.steps_per_epoch if t.keep_epochs else None)
-                    if main:
-                        plot_losses(self.run_dir / "log.csv", self.run_dir / "loss.png")
-                    last_ckpt = time.monotonic()
-                elif time.monotonic() - last_ckpt > t.ckpt_minutes * 60 or self.step == self.total_steps:
-                    self.save()
-                    last_ckpt = time.monotonic()
-            bar.close()
+            try:  # the bar ends its line even when the loop stops on an error, so the error gets its own
+                while self.step < self.total_steps:
+                    epoch, position = divmod(self.step, self.steps_per_epoch)
+                    if epoch != order_epoch:
+                        order, order_epoch = epoch_order(t.seed, epoch, len(self.data)).to(self.data.device), epoch
+                    stats = self.train_step(self._batch(order, position))
+                    for k, v in stats.items():
+                        if self.scaled:
+                            # Under fp16 the gradient scaler skips the steps whose gradients overflowed (and lowers
+                            # its scale); their losses are inf/NaN by design and are left out of the log's means.
+                            # A window with no finite value left is divergence all the same (caught below).
+                            kept = torch.isfinite(v)
+                            v = torch.where(kept, v, torch.zeros_like(v))
+                            counts[k] = counts[k] + kept if k in counts else kept.to(torch.int64)
+                        else:  # every value counts: a NaN reaches the mean and stops the run
+                            counts[k] = counts.get(k, 0) + 1
+                        sums[k] = sums[k] + v if k in sums else v.clone()
+                    if not (t.fast or self.scaled):  # the sample code's habit: read every loss back at once
+                        _check_finite({k: v.item() for k, v in stats.items()}, self.step)
+                    self.step += 1
+                    bar.update(1)
+                    end_of_epoch = self.step % self.steps_per_epoch == 0
+                    if self.step % t.log_every == 0 or end_of_epoch or self.step == self.total_steps:
+                        means = {k: v.item() for k, v in distributed.mean_over_ranks(
+                            {k: sums[k] / counts[k] for k in sums}, self.world).items()}
+                        _check_finite(means, self.step)
+                        now = time.perf_counter()
+                        self.elapsed += now - window_start
+                        rate = (self.step - window_step) * t.batch_size / max(now - window_start, 1e-9)
+                        if log:
+                            log.write(self.step, self.step / self.steps_per_epoch, self.step * t.batch_size / 1000,
+                                      self.elapsed, rate, means)
+                        bar.set_postfix({k: f"{v:.3f}" for k, v in means.items()} | {"img/s": f"{rate:.0f}"})
+                        sums, counts = {}, {}
+                        window_start, window_step = time.perf_counter(), self.step
+                    if (t.sample_every and self.step % t.sample_every == 0) or end_of_epoch:
+                        self.sample_grid()
+                    if end_of_epoch:
+                        self.save(epoch_copy=self.step // self.steps_per_epoch if t.keep_epochs else None)
+                        if main:
+                            plot_losses(self.run_dir / "log.csv", self.run_dir / "loss.png")
+                        last_ckpt = time.monotonic()
+                    elif time.monotonic() - last_ckpt > t.ckpt_minutes * 60 or self.step == self.total_steps:
+                        self.save()
+                        last_ckpt = time.monotonic()
+                    if stop.signal is not None and self.step < self.total_steps:
+                        if log:
+                            log.close()
+                        self.elapsed += time.perf_counter() - window_start
+                        self.save()
+                        raise Interrupted(f"train: stopped by {stop.name} at step {self.step}/{self.total_steps}; "
+                                          f"checkpoint saved in {self.ckpt_dir / 'last.pt'}. "
+                                          "Run the same command again to resume", stop.signal)
+            finally:
+                bar.close()
             return self._finish(log)
 
     def _finish(self, log: Optional["RunLog"]) -> Path:
@@ -518,6 +534,48 @@ class Trainer:
         return path
 
 
+class Interrupted(KeyboardInterrupt):
+    """Training stopped on request (Ctrl-C, SIGTERM) after saving its state; ``str()`` says where."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+class StopRequests:
+    """SIGINT and SIGTERM (Ctrl-C; what Kaggle, Colab and notebook shutdowns send) become a request
+    that the loop honours after the current step, with a checkpoint; a second signal stops at once.
+
+    Only in the main thread (where Python delivers signals), and not under torchrun, whose ranks would
+    each see the signal after a different step and wait for each other forever.
+    """
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.signal: Optional[int] = None
+        self._old: Dict[int, object] = {}
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signal).name if self.signal else ""
+
+    def _handle(self, signum, _frame) -> None:
+        if self.signal is not None:  # asked twice: the user means now
+            raise KeyboardInterrupt
+        self.signal = signum
+        print(f"\ntrain: {signal.Signals(signum).name} received; saving a checkpoint after this step "
+              "(send it again to stop without saving)", flush=True)
+
+    def __enter__(self) -> "StopRequests":
+        if self.enabled:
+            self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)
+
+
 def _check_finite(values: Dict[str, float], step: int) -> None:
     bad = {k: v for k, v in values.items() if not math.isfinite(v)}
     if bad:
@@ -525,6 +583,14 @@ def _check_finite(values: Dict[str, float], step: int) -> None:
             f"training diverged at step {step}: {bad}; the last good checkpoint is kept. "
             "Lower the learning rates (SET='optim.lr_d=... optim.lr_g=...') or use train.amp=off"
         )
+
+
+def _step_of_row(row: Dict[str, str]) -> float:
+    """A log row's step; infinity for a row a full disk or a kill cut short (dropped on resume)."""
+    try:
+        return int(float(row["step"])) if None not in row.values() else math.inf
+    except (TypeError, ValueError, KeyError):
+        return math.inf
 
 
 class RunLog:
@@ -535,7 +601,7 @@ class RunLog:
         rows = []
         if path.is_file():
             with open(path, newline="") as fh:
-                rows = [r for r in csv.DictReader(fh) if int(float(r["step"])) <= step]
+                rows = [r for r in csv.DictReader(fh) if _step_of_row(r) <= step]
         self.fields = list(LOG_FIELDS)
         for r in rows:
             self.fields += [k for k in r if k not in self.fields]
@@ -600,10 +666,13 @@ def plot_losses(log_csv: Path, out_png: Path) -> Optional[Path]:
 
 
 def train(cfg: Config, data: Union[str, Path, Source], run_dir: Path, device: str = "auto", resume: bool = True,
-          progress: bool = True) -> Path:
+          progress: bool = True, preset: str = "") -> Path:
     """Train (or resume) the run in ``run_dir`` on prepared data (or a source); returns the path of ``generator.pt``.
 
-    Under ``torchrun`` each process joins the group, trains its share of every batch, and only rank 0 writes.
+    The run folder is locked first, so a second ``train`` of the same run is refused before it reads
+    anything. ``preset`` names the recipe in ``config.json`` (the leaderboard shows it). Under
+    ``torchrun`` each process joins the group, trains its share of every batch, and only rank 0 writes.
     """
     with distributed.process_group(device):
-        return Trainer(cfg, data, run_dir, device, resume, progress).run()
+        with RunLock(run_dir) if distributed.current().is_main else contextlib.nullcontext():
+            return Trainer(cfg, data, run_dir, device, resume, progress, preset).run()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
-from .io import UserError, cache_dir, sha256_file
+from .io import UserError, cache_dir, option_hint, sha256_file
 
 _RANDOM = re.compile(r"^random:(\d+)$")
 _HEX = re.compile(r"^[0-9a-f]{8,64}$")
@@ -44,6 +44,7 @@ class WeightsSpec:
     url: Optional[str]
     sha256: Optional[str]
     option: str = "--weights"
+    make_var: str = ""  # the Make variable that supplies it (INCEPTION, WEIGHTS), named when run under make
 
     def __post_init__(self) -> None:
         if self.sha256 is not None and not _HEX.match(self.sha256):
@@ -114,7 +115,8 @@ def missing_message(spec: WeightsSpec, dirs: Sequence[Path]) -> str:
     )
     return (
         f"{spec.name} weights not found ({spec.filename} is not in {', '.join(str(d) for d in dirs)}); "
-        f"{where}, or pass {spec.option} PATH (or {spec.option} random:SEED for a proxy)"
+        f"{where}, or pass {option_hint(spec.option, spec.make_var, 'PATH')} "
+        f"(or {option_hint(spec.option, spec.make_var, 'random:SEED')} for a proxy)"
     )
 
 

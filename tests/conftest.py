@@ -20,6 +20,25 @@ needs_cascade = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test starts from the same random state, whatever ran before it: a test that draws
+    unseeded numbers is still deterministic (and so can fail only for a reason)."""
+    import random
+
+    import torch
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _outside_make(monkeypatch):
+    """Hints name the command-line flag unless a test says it runs under make (``make test`` sets MAKELEVEL)."""
+    monkeypatch.delenv("MAKELEVEL", raising=False)
+
+
 def make_faces(folder: Path, n: int = 96, size: int = 72, seed: int = 0) -> Path:
     """``n`` smooth random RGB images (blobs on gradients) as JPEG/PNG, named 0..n-1 like faces.zip."""
     from PIL import Image

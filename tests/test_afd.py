@@ -101,6 +101,12 @@ def test_offline_without_detector_is_one_clear_error(monkeypatch, tmp_path):
         afd.make_detector(str(bad))
 
 
+def test_under_make_the_hint_names_the_make_variable(monkeypatch, tmp_path):
+    monkeypatch.setenv("MAKELEVEL", "1")
+    with pytest.raises(UserError, match="pass DETECTOR=path/to/lbpcascade_animeface.xml$"):
+        afd.make_detector(str(tmp_path / "missing.xml"))
+
+
 @needs_cascade
 def test_cached_cascade_is_used_without_network(monkeypatch, tmp_path):
     monkeypatch.setenv("KAGGLE_GAN_CACHE", str(tmp_path))

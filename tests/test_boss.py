@@ -85,11 +85,13 @@ def test_resnet_pair_shapes_and_range(resolution):
 
 
 def test_spectral_norm_makes_every_critic_layer_1_lipschitz():
+    torch.manual_seed(0)
     cfg = resolve("boss", {"model.resolution": 32, "model.d_width": 8})
     _, D = build_models(cfg.model)
     D.train()
     with torch.no_grad():
-        for _ in range(30):  # power iterations run once per training forward pass
+        # power iterations run once per training forward pass; 30 left sigma up to 0.018 from 1 on some seeds
+        for _ in range(100):
             D(torch.randn(2, 3, 32, 32))
     layers = [m for m in D.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     assert layers and all(hasattr(m, "parametrizations") for m in layers)

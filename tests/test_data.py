@@ -81,6 +81,36 @@ def test_prepare_reads_a_zip_in_natural_order_and_refuses_unsafe_members(tmp_pat
     assert not (tmp_path / "evil.jpg").exists()
 
 
+def test_utf8_member_names_without_the_utf8_flag_read_as_written(tmp_path):
+    """Info-ZIP's zip stores UTF-8 names without flag bit 11; they must not turn into cp437 mojibake."""
+    src = make_faces(tmp_path / "in", n=2)
+    z = tmp_path / "faces.zip"
+    real = ["faces/é.jpg", "faces/顔.jpg"]
+    stand_ins = ["faces/ab.jpg", "faces/xyz.jpg"]  # ASCII names of the same byte lengths, patched below
+    assert [len(a.encode()) for a in real] == [len(b) for b in stand_ins]
+    with zipfile.ZipFile(z, "w") as zf:
+        for stand_in in stand_ins:
+            zf.write(src / "1.jpg", stand_in)
+    raw = z.read_bytes()
+    for name, stand_in in zip(real, stand_ins):
+        raw = raw.replace(stand_in.encode(), name.encode())  # local header and central directory alike
+    z.write_bytes(raw)
+    assert not any(i.flag_bits & 0x800 for i in zipfile.ZipFile(z).infolist())
+    p = prepare(str(z), tmp_path / "out", size=32, workers=1)
+    assert p.meta["kept"] == 2
+    assert sorted(pd.read_csv(tmp_path / "out" / "manifest.csv", encoding="utf-8").file) == sorted(real)
+
+
+def test_images_under_8_pixels_a_side_are_skipped_with_a_reason(tmp_path):
+    src = make_faces(tmp_path / "in", n=3)
+    Image.new("RGB", (7, 64), "red").save(src / "thin.png")
+    Image.new("RGB", (8, 8), "red").save(src / "tiny.png")  # 8 px is still kept
+    prepare(str(src), tmp_path / "out", size=32, workers=1)
+    m = pd.read_csv(tmp_path / "out" / "manifest.csv").set_index("file")
+    assert m.loc["thin.png", "status"] == "skipped" and m.loc["thin.png", "reason"] == "too small (7x64; under 8 px on a side)"
+    assert m.loc["tiny.png", "status"] == "ok"
+
+
 def test_no_usable_image_is_a_clear_error(tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.jpg").write_bytes(b"not a jpeg")

@@ -52,7 +52,7 @@ def setup(tmp_path_factory):
 
 
 def files(run):
-    skip = (".lock", ".make-settings")  # the lock and the Makefile's own stamp are not run outputs
+    skip = (".lock", ".make-run")  # the lock and the Makefile's record of the run are not training outputs
     return sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file() and p.name not in skip)
 
 

@@ -201,7 +201,7 @@ def test_everything_that_changes_the_statistics_changes_the_key():
     assert fid.split_counts(71_314, 10_000) == (1000, 10_000)
 
 
-def test_interrupted_reference_stats_leave_no_cache(proxy0, tmp_path, monkeypatch):
+def test_interrupted_reference_stats_leave_no_statistics_only_whole_chunks(proxy0, tmp_path, monkeypatch):
     calls = []
 
     def boom(images, model, batch_size=32, desc=""):
@@ -213,4 +213,7 @@ def test_interrupted_reference_stats_leave_no_cache(proxy0, tmp_path, monkeypatc
     monkeypatch.setattr(fid, "activations", boom)
     with pytest.raises(KeyboardInterrupt):
         fid.reference_stats(_images(8, 32), "dddd", proxy0, tmp_path, ref_count=4)
-    assert list(tmp_path.iterdir()) == []
+    assert not list(tmp_path.glob("*.npz"))  # no statistics file that looks finished
+    (parts,) = tmp_path.iterdir()  # only the chunks the re-run continues from: the reference's, whole
+    assert parts.name.endswith(".parts")
+    assert [p.relative_to(parts).as_posix() for p in sorted(parts.rglob("*.npy"))] == ["reference/rows-00000000-00000004.npy"]

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from kaggle_gan.config import resolve
-from kaggle_gan.generate import generate
+from kaggle_gan.generate import MARKER, generate
 from kaggle_gan.io import UserError
 from kaggle_gan.submit import pack, validate
 from kaggle_gan.train import train
@@ -25,7 +25,7 @@ def test_generation_is_seeded_and_deterministic(run, tmp_path):
     a = generate(run, tmp_path / "a", n=30, seed=7, device="cpu", batch_size=8)
     b = generate(run, tmp_path / "b", n=30, seed=7, device="cpu", batch_size=16)
     c = generate(run, tmp_path / "c", n=30, seed=8, device="cpu")
-    names = sorted(p.name for p in a.iterdir())
+    names = sorted(p.name for p in a.iterdir() if p.name != MARKER)
     assert names == sorted(f"{i}.jpg" for i in range(1, 31))
     assert all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
     assert (a / "1.jpg").read_bytes() != (c / "1.jpg").read_bytes()
@@ -36,9 +36,8 @@ def test_generation_is_seeded_and_deterministic(run, tmp_path):
 
 def test_regenerating_replaces_the_folder_whole(run, tmp_path):
     out = generate(run, tmp_path / "imgs", n=10, device="cpu")
-    (out / "stale.jpg").write_bytes(b"x")
     generate(run, out, n=5, device="cpu")
-    assert sorted(p.name for p in out.iterdir()) == [f"{i}.jpg" for i in range(1, 6)]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, *(f"{i}.jpg" for i in range(1, 6))]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith((".tmp-", ".old-"))]
 
 
@@ -48,7 +47,7 @@ def test_leftovers_of_a_killed_generate_are_cleared(run, tmp_path):
     (tmp_path / ".old-imgs.123").mkdir()
     generate(run, tmp_path / "imgs", n=3, device="cpu")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith((".tmp-", ".old-"))]
-    assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == ["1.jpg", "2.jpg", "3.jpg"]
+    assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == [MARKER, "1.jpg", "2.jpg", "3.jpg"]
 
 
 def write_images(folder, n=1000, size=64):
@@ -70,6 +69,21 @@ def test_pack_writes_a_flat_archive_and_never_overwrites(tmp_path):
     pack(imgs, out, force=True)
     z = pack(imgs, tmp_path / "sub" / "images.zip", fmt="zip")
     assert len(zipfile.ZipFile(z).namelist()) == 1000 and "/" not in "".join(zipfile.ZipFile(z).namelist())
+
+
+def test_update_replaces_only_an_archive_pack_wrote_and_a_count_other_than_1000_is_flagged(tmp_path, capsys):
+    imgs = write_images(tmp_path / "imgs", n=12)
+    out = pack(imgs, tmp_path / "sub" / "images.tgz", count=12)
+    assert "HW6 takes exactly 1000" in capsys.readouterr().out
+    pack(imgs, out, count=12, update=True)  # its own, unchanged: replaced
+    out.write_bytes(out.read_bytes() + b"edited")  # changed since: refused
+    with pytest.raises(UserError, match="was not packed by kaggle_gan"):
+        pack(imgs, out, count=12, update=True)
+    mine = tmp_path / "sub" / "images.zip"
+    mine.write_bytes(b"the user's own archive")
+    with pytest.raises(UserError, match="already exists"):
+        pack(imgs, mine, fmt="zip", count=12, update=True)
+    assert mine.read_bytes() == b"the user's own archive"
 
 
 @pytest.mark.parametrize("damage, message", [

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -113,6 +114,17 @@ def test_proxy_fid_with_cache_and_sample_code_anchor(data_dir, tmp_path, offline
     assert sorted(board.run.tolist()) == ["baseline", "mine"]
     assert set(board.fid_label) == {"proxy FID (random:0)"}
     assert "proxy FID (random:0)" in score_mod.format_leaderboard(board)
+
+
+def test_a_rescore_replaces_the_folders_row(data_dir, tmp_path, offline):
+    images = write_images(tmp_path / "imgs", [50, 200])
+    for _ in range(2):
+        score_mod.score(images, data_dir, tmp_path / "work", detector=Bright(), device="cpu", quiet=True)
+    table = pd.read_csv(tmp_path / "work" / score_mod.LEADERBOARD)
+    assert len(table) == 1 and table.afd.tolist() == [0.5]
+    score_mod.score(write_images(tmp_path / "other", [200]), data_dir, tmp_path / "work", detector=Bright(),
+                    device="cpu", quiet=True)
+    assert len(pd.read_csv(tmp_path / "work" / score_mod.LEADERBOARD)) == 2
 
 
 def test_leaderboard_best_first(tmp_path):

@@ -39,5 +39,5 @@ def test_make_smoke_on_the_real_dev_faces(tmp_path):
     done = run_make(tmp_path, DEV_ZIP)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     check_archive(tmp_path / "submission" / "smoke" / "images.tgz")
-    images = tmp_path / "work" / "smoke" / "runs" / "smoke" / "images"
+    images = tmp_path / "work" / "runs" / "smoke" / "images"
     assert len(list(images.glob("*.jpg"))) == 1000
