@@ -11,7 +11,7 @@ Measures, in one process:
   figure is the median images/s over ``--windows`` windows;
 * generation of ``--count`` images: the sample's ``inference`` (one forward
   pass, one ``save_image`` per file) against ``kaggle_gan.generate``;
-* prepare of up to ``--images`` JPEG files (``kaggle_gan.data.prepare``).
+* prepare of up to ``--images`` JPEG files (``kaggle_gan.prepare.prepare``).
 
 Peak memory is CUDA memory allocated on a GPU, and the resident set size of
 this process and its children (the DataLoader workers) on a CPU.
@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from kaggle_gan.checkpoint import save_generator  # noqa: E402
 from kaggle_gan.config import resolve  # noqa: E402
-from kaggle_gan.data import prepare  # noqa: E402
+from kaggle_gan.prepare import prepare  # noqa: E402
 from kaggle_gan.generate import generate  # noqa: E402
 from kaggle_gan.io import atomic_path  # noqa: E402
 from kaggle_gan.models import build_models  # noqa: E402
@@ -232,8 +232,8 @@ def bench_training(preset: str, args, device: torch.device, files: List[Path], p
         cfg = resolve(preset, {**overrides, **extra, "train.amp": "auto" if extra.get("train.fast", True) else "off"})
         t = Trainer(cfg, prepared, work / "runs" / f"{preset}-{len(pipelines)}", device=str(device), resume=False,
                     progress=False)
-        t.G.train()
-        t.D.train()
+        t.gan.G.train()
+        t.gan.D.train()
         pipelines[name] = Ours(t).steps
         pipelines[name](warmup)  # and compilation, when it is on
         if cpu_memory:

@@ -62,8 +62,9 @@ def main(argv=None) -> None:
     import pandas as pd
     import torch
 
-    from kaggle_gan import neighbours as nb
-    from kaggle_gan.data import load_prepared, prepare
+    from kaggle_gan import backbones as bb, neighbours as nb
+    from kaggle_gan.data import load_prepared
+    from kaggle_gan.prepare import prepare
     from kaggle_gan.runtime import available_cores, resolve_device
 
     device = resolve_device("cpu")
@@ -91,9 +92,9 @@ def main(argv=None) -> None:
         prepared = load_prepared(data) if (data / "prepare.json").is_file() else prepare(str(data), Path(args.work) / "data", 64)
         for name, size, count in BACKBONES:
             images = np.array(prepared.images[: max(8, int(count * args.scale))])
-            net = nb.load_backbone(name, "random:0", device, size)
-            nb.embed(images[:4], net, desc="warm-up")
-            med, runs, _ = timed(lambda: nb.embed(images, net, desc=name), 1)
+            net = bb.load_backbone(name, "random:0", device, size)
+            bb.embed(images[:4], net, desc="warm-up")
+            med, runs, _ = timed(lambda: bb.embed(images, net, desc=name), 1)
             rate = len(images) / med
             label = f"{net.name} @ {net.preprocessing['input_size']} px"
             rows.append({"what": f"index build {label}: {len(images)} images", "median_s": round(med, 2),

@@ -62,7 +62,7 @@ def main(argv=None) -> None:
     from PIL import Image
 
     from kaggle_gan import afd, fid
-    from kaggle_gan.data import prepare
+    from kaggle_gan.prepare import prepare
     from kaggle_gan.runtime import available_cores, resolve_device
     from kaggle_gan.score import load_image_folder, score
 

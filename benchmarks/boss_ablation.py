@@ -41,7 +41,7 @@ VARIANTS = {
 
 
 def main() -> None:
-    from kaggle_gan.race import DEFAULT_KIMG, DEFAULT_REF_COUNT
+    from kaggle_gan.experiments.race import DEFAULT_KIMG, DEFAULT_REF_COUNT
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default="work", help="the make targets' WORK (holds data/ and cache/fid)")
@@ -66,7 +66,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     if not a.summary_only:
-        from kaggle_gan.race import race
+        from kaggle_gan.experiments.race import race
 
         for name in names:
             change, overrides, seed = VARIANTS[name]
@@ -90,7 +90,7 @@ def score_raw(out: Path, data: Path, fid_cache: Path, ref_count: int, inception_
     import pandas as pd
 
     from kaggle_gan import afd as afd_mod
-    from kaggle_gan import race as race_mod
+    from kaggle_gan.experiments import race as race_mod
     from kaggle_gan.checkpoint import load_latest, save_generator
     from kaggle_gan.data import load_prepared
     from kaggle_gan.io import atomic_path, read_json
@@ -124,7 +124,7 @@ def summarise(out: Path) -> "pd.DataFrame":  # noqa: F821
     import pandas as pd
 
     from kaggle_gan.io import atomic_path
-    from kaggle_gan.race import afd_se, plus_minus
+    from kaggle_gan.experiments.race import afd_se, plus_minus
 
     rows = []
     for name in VARIANTS:

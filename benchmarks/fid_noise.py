@@ -48,7 +48,7 @@ def main() -> None:
 
     from kaggle_gan import afd as afd_mod
     from kaggle_gan import fid as fid_mod
-    from kaggle_gan import race as race_mod
+    from kaggle_gan.experiments import race as race_mod
     from kaggle_gan.data import load_prepared
     from kaggle_gan.io import read_json
 

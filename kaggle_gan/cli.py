@@ -6,14 +6,14 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from . import race as race_defaults  # the race's defaults (light: no torch, numpy or pandas)
+from .config import RACE as race_defaults  # the race's default scale (light: no torch, numpy or pandas)
 from .io import UserError, check_run_name, write_failure
 
 DEFAULT_WORK = "work"
 
 
 def _prepare(a):
-    from .data import prepare
+    from .prepare import prepare
 
     prepare(a.data, Path(a.out or Path(a.work) / "data"), size=a.size, resample=a.filter, workers=a.workers,
             force=a.force, labels=a.labels)
@@ -62,7 +62,7 @@ def _neighbours(a):
 
 def _race(a):
     from .config import parse_set
-    from .race import race
+    from .experiments.race import race
 
     race(Path(a.data or Path(a.work) / "data"), Path(a.out or Path(a.work) / "race"),
          overrides=parse_set(a.set), fid_cache=Path(a.work) / "cache" / "fid",
@@ -73,7 +73,7 @@ def _race(a):
 
 def _toy(a):
     from .config import parse_set
-    from .toy import describe, toy
+    from .experiments.toy import describe, toy
 
     if a.presets:
         print(describe())
@@ -83,7 +83,7 @@ def _toy(a):
 
 
 def _cgan(a):
-    from .cgan import cgan, describe
+    from .experiments.cgan import cgan, describe
     from .config import parse_set
 
     if a.presets:
@@ -94,7 +94,7 @@ def _cgan(a):
 
 
 def _leaderboard(a):
-    from .score import format_leaderboard, leaderboard
+    from .leaderboard import format_leaderboard, leaderboard
 
     print(format_leaderboard(leaderboard(Path(a.work))))
 
@@ -194,18 +194,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", help="prepared data folder (default: WORK/data)")
     s.add_argument("--out", help="race folder (default: WORK/race)")
     s.add_argument("--presets", default="baseline,medium,wgan,strong,boss", help="comma-separated (default: %(default)s)")
-    s.add_argument("--kimg", type=float, default=race_defaults.DEFAULT_KIMG, help="thousand images shown to each critic (default: %(default)s)")
-    s.add_argument("--points", type=int, default=race_defaults.DEFAULT_POINTS, help="evaluation points along the budget (default: %(default)s)")
-    s.add_argument("--resolution", type=int, default=race_defaults.DEFAULT_RESOLUTION, help="training side in pixels (default: %(default)s)")
-    s.add_argument("--width", type=int, default=race_defaults.DEFAULT_WIDTH, help="g_width and d_width (default: %(default)s)")
+    s.add_argument("--kimg", type=float, default=race_defaults.kimg, help="thousand images shown to each critic (default: %(default)s)")
+    s.add_argument("--points", type=int, default=race_defaults.points, help="evaluation points along the budget (default: %(default)s)")
+    s.add_argument("--resolution", type=int, default=race_defaults.resolution, help="training side in pixels (default: %(default)s)")
+    s.add_argument("--width", type=int, default=race_defaults.width, help="g_width and d_width (default: %(default)s)")
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--seed", type=int, default=2022)
-    s.add_argument("--count", type=int, default=race_defaults.DEFAULT_COUNT, help="images generated at each point (default: %(default)s)")
+    s.add_argument("--count", type=int, default=race_defaults.count, help="images generated at each point (default: %(default)s)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override for every preset, for ablations, e.g. --set train.augment= (repeatable)")
-    s.add_argument("--fid-count", type=int, default=race_defaults.DEFAULT_FID_COUNT, help="of them, scored by FID along the curve "
+    s.add_argument("--fid-count", type=int, default=race_defaults.fid_count, help="of them, scored by FID along the curve "
                    "(all --count at the last point too) (default: %(default)s)")
-    s.add_argument("--ref-count", type=int, default=race_defaults.DEFAULT_REF_COUNT, help="training images in the FID reference (default: %(default)s)")
+    s.add_argument("--ref-count", type=int, default=race_defaults.ref_count, help="training images in the FID reference (default: %(default)s)")
     s.add_argument("--inception-weights", help="Inception weights file, or random:SEED (default: the cached "
                    "weights, else random:0, a proxy)")
     s.add_argument("--detector", help="lbpcascade_animeface.xml path (offline machines)")

@@ -14,14 +14,14 @@ from .io import UserError
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "dcgan"  # dcgan | resnet | mlp (2-D points, kaggle_gan.toy)
+    arch: str = "dcgan"  # dcgan | resnet | mlp (2-D points, kaggle_gan.experiments.toy)
     resolution: int = 64  # 32, 64, 96 or 128; prepared data of another size is resized once on load
     z_dim: int = 100
     g_width: int = 64  # the sample's feature_dim
     d_width: int = 64
     d_norm: str = "batch"  # batch | instance | layer | none
     spectral_norm: bool = False  # spectral normalisation on every critic layer
-    classes: int = 0  # class-conditional pair for labelled data (kaggle_gan.cgan); 0 = unconditional
+    classes: int = 0  # class-conditional pair for labelled data (kaggle_gan.experiments.cgan); 0 = unconditional
     cond_input: str = "embed"  # how the label joins z at G's input: embed | onehot | none (CBN conditions G anyway)
 
 
@@ -60,6 +60,30 @@ class TrainConfig:
     keep_epochs: bool = True  # keep a checkpoint per epoch besides last.pt
     augment: str = ""  # differentiable augmentation of real and fake before the critic, e.g. "color,translation,cutout"
     flip: bool = True  # random horizontal flips of real images (off for digits and text)
+
+
+@dataclass(frozen=True)
+class RaceScale:
+    """The default scale of the race (:mod:`kaggle_gan.experiments.race`), kept here so the command line
+    shows it without importing the experiment.
+
+    CPU scale: 32x32 at width 32 with batch 64. On 2 quiet cores DCGAN trains at ~1,400 img/s, WGAN-GP
+    ~1,000 and boss ~160: boss's 128k images are most of the race's time. 128k is where boss's faces
+    appear (a sweep on a GPU at this scale: AFD 0.02 at 64k, 0.4 at 96k, 0.86 at 192k).
+    """
+
+    kimg: float = 128.0
+    resolution: int = 32
+    width: int = 32
+    points: int = 3
+    # images per point for AFD (+-1.6% at a rate of 0.5), and the last point's FID with its +-
+    # (fid.half_sample_sd): a submission's count; the README measures how far the proxy FID moves between draws
+    count: int = 1000
+    fid_count: int = 250  # of them, scored by FID at every point (the curve)
+    ref_count: int = 1000  # reference images, plus 1000 held out for the floor: ~2.5 min of Inception on 2 cores
+
+
+RACE = RaceScale()
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ the sample's network (tests check the parameter counts).
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+import contextlib
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -205,7 +206,7 @@ def add_spectral_norm(module: nn.Module) -> nn.Module:
     return module
 
 
-# --- 2-D points (kaggle_gan.toy) ---------------------------------------------------
+# --- 2-D points (kaggle_gan.experiments.toy) ---------------------------------------------------
 
 POINT_DIM = 2
 
@@ -240,7 +241,7 @@ class MLPCritic(nn.Module):
         return self.body(x).flatten()
 
 
-# --- class-conditional pair (kaggle_gan.cgan) -----------------------------------------
+# --- class-conditional pair (kaggle_gan.experiments.cgan) -----------------------------------------
 
 class ConditionalBatchNorm2d(nn.Module):
     """Batch norm whose gain and bias are looked up per class: x (B, C, H, W), y (B,) -> (B, C, H, W).
@@ -347,6 +348,19 @@ class Bound(nn.Module):
         """Cross-entropy of the critic's auxiliary classifier on ``x`` against the bound labels."""
         _score, logits = self.net(x, self.y, logits=True)
         return F.cross_entropy(logits.float(), self.y)
+
+
+@contextlib.contextmanager
+def evaluating(*nets: nn.Module) -> Iterator[Tuple[nn.Module, ...]]:
+    """``nets`` in eval mode for the block, each back in its own mode afterwards."""
+    modes = [n.training for n in nets]
+    for n in nets:
+        n.eval()
+    try:
+        yield nets
+    finally:
+        for n, mode in zip(nets, modes):
+            n.train(mode)
 
 
 def bind(net: nn.Module, y: Optional[torch.Tensor]) -> nn.Module:

@@ -43,3 +43,23 @@ def cpu_threads() -> int:
     if value.isdigit() and int(value) > 0:
         return int(value)
     return available_cores()
+
+
+def random_state(gen: "torch.Generator", device: "torch.device") -> dict:  # noqa: F821
+    """Every random state a step draws from: torch's global CPU (and CUDA) state and the run's generator."""
+    import torch
+
+    rng = {"torch": torch.get_rng_state(), "loop": gen.get_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return rng
+
+
+def set_random_state(rng: dict, gen: "torch.Generator", device: "torch.device") -> None:  # noqa: F821
+    """Put back what :func:`random_state` returned (states saved on any device load on any other)."""
+    import torch
+
+    torch.set_rng_state(rng["torch"].cpu())
+    gen.set_state(rng["loop"].cpu())  # a CUDA generator's state is a CPU ByteTensor too
+    if "cuda" in rng and device.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"].cpu(), device)

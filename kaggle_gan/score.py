@@ -5,7 +5,7 @@ seconds and leaves nothing behind; outputs are written atomically:
 
 - ``scores.json`` (and ``afd.csv``, one row per image) beside the run, or under
   ``WORK/scores/`` for any other folder,
-- one row appended to ``WORK/leaderboard.csv``.
+- its row in ``WORK/leaderboard.csv`` (:mod:`kaggle_gan.leaderboard`), replacing an earlier score of the folder.
 
 The judge's FID scale is not pytorch-fid's (see HW6.md), so the local FID is
 placed between two anchors computed the same way: the real-data floor and,
@@ -13,19 +13,19 @@ once a sample-code run has been scored, that run's FID.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import re
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 
 from . import __version__
 from .io import UserError, atomic_path, read_json, write_json
+from .leaderboard import read_table, record
 from .submit import HW6_COUNT as SUBMISSION_COUNT
 
 # (level, judge FID <=, AFD >=) from the homework slides; FID on the judge's own scale.
@@ -39,11 +39,6 @@ DEFAULT_REF_COUNT = 10_000
 # A run whose name or recorded preset is one of these is the sample-code anchor
 # ("baseline" is the sample-code preset, and a run is named after its preset by default).
 SAMPLE_CODE_NAMES = ("baseline", "sample")
-LEADERBOARD = "leaderboard.csv"
-LEADERBOARD_COLUMNS = [
-    "scored_at", "run", "preset", "images", "n_images", "level", "afd", "fid_label", "fid",
-    "fid_floor", "fid_sample", "fid_key", "detector", "scores",
-]
 
 
 # --- reading the folder -----------------------------------------------------------
@@ -55,7 +50,7 @@ def load_image_folder(folder: Path, size: int, resample: str = "bilinear") -> Tu
     listing the culprits); images of another size than ``size`` are brought to
     it the way the training data was prepared.
     """
-    from .data import decode_files, iter_image_files
+    from .imagefiles import decode_files, iter_image_files
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -120,7 +115,7 @@ def _run_preset(run_dir: Path) -> Optional[str]:
 
 def _sample_anchor(work: Path, fid_key: str) -> Tuple[Optional[float], Optional[str]]:
     """Latest sample-code FID computed the same way (same weights, reference and policy)."""
-    table = _read_leaderboard(work)
+    table = read_table(work)
     if table.empty:
         return None, None
     same = table[(table.fid_key == fid_key) & table.fid.notna()]
@@ -310,7 +305,7 @@ def score(
     with atomic_path(csv_path) as tmp:
         afd.table.to_csv(tmp, index=False)
     write_json(out, report)
-    _append_leaderboard(work, report)
+    record(work, report)
     if not quiet:
         print(render(report))
     return report
@@ -334,95 +329,3 @@ def render(report: dict) -> str:
     lines += [f"note: {n}" for n in report["notes"]]
     lines.append(f"report: {report['scores']}")
     return "\n".join(lines)
-
-
-# --- leaderboard -------------------------------------------------------------------
-
-@contextlib.contextmanager
-def _locked(work: Path) -> Iterator[None]:
-    """Serialise leaderboard updates between concurrent ``score`` processes (waits, never fails)."""
-    import fcntl
-
-    work.mkdir(parents=True, exist_ok=True)
-    with open(work / ".leaderboard.lock", "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _read_leaderboard(work: Path) -> "pd.DataFrame":  # noqa: F821
-    import pandas as pd
-
-    path = Path(work) / LEADERBOARD
-    if not path.is_file():
-        return pd.DataFrame(columns=LEADERBOARD_COLUMNS)
-    table = pd.read_csv(path)
-    for col in LEADERBOARD_COLUMNS:
-        if col not in table:
-            table[col] = None
-    return table[LEADERBOARD_COLUMNS]
-
-
-def _append_leaderboard(work: Path, report: dict) -> None:
-    import pandas as pd
-
-    fid = report["fid"]
-    row = {
-        "scored_at": report["scored_at"],
-        "run": report["run"] or "",
-        "preset": report["preset"] or "",
-        "images": report["images_dir"],
-        "n_images": report["n_images"],
-        "level": report["level"],
-        "afd": round(report["afd"]["rate"], 4),
-        "fid_label": fid["label"] if fid["status"] == "ok" else "skipped",
-        "fid": fid.get("value"),
-        "fid_floor": fid.get("anchors", {}).get("real_floor"),
-        "fid_sample": fid.get("anchors", {}).get("sample_code"),
-        "fid_key": fid.get("key", ""),
-        "detector": f"{report['afd']['detector'].get('name')}:{str(report['afd']['detector'].get('sha256', ''))[:8]}",
-        "scores": report["scores"],
-    }
-    with _locked(work):
-        table = _read_leaderboard(work)
-        # a re-score replaces the folder's row of the same FID flavour and detector instead of adding one
-        same = ((table.images.astype(str) == row["images"])
-                & (table.fid_key.astype(object).fillna("").astype(str) == row["fid_key"])
-                & (table.detector.astype(str) == row["detector"]))
-        table = table[~same]
-        table = pd.concat([table, pd.DataFrame([row])], ignore_index=True) if len(table) else pd.DataFrame([row])
-        with atomic_path(work / LEADERBOARD) as tmp:
-            table[LEADERBOARD_COLUMNS].to_csv(tmp, index=False)
-
-
-def leaderboard(work: Union[str, Path]) -> "pd.DataFrame":  # noqa: F821
-    """Scored folders, best first: highest level passed, then real FID before proxies, lower FID, higher AFD.
-
-    Only the latest score of a folder with the same FID flavour and detector is kept.
-    Empty (with the columns) when nothing has been scored.
-    """
-    table = _read_leaderboard(Path(work))
-    if table.empty:
-        return table
-    table = table.drop_duplicates(subset=["images", "fid_key", "detector"], keep="last").copy()
-    rank = {name: i + 1 for i, (name, _, _) in enumerate(LEVELS)}
-    table["_level"] = table.level.map(rank).fillna(0)
-    table["_proxy"] = table.fid_label.astype(str).str.startswith("proxy") | table.fid.isna()
-    table = table.sort_values(["_level", "_proxy", "fid", "afd"], ascending=[False, True, True, False], na_position="last")
-    return table.drop(columns=["_level", "_proxy"]).reset_index(drop=True)
-
-
-def format_leaderboard(table: "pd.DataFrame") -> str:  # noqa: F821
-    """The printed leaderboard (``make leaderboard``): the columns a user compares, best first."""
-    if table.empty:
-        return "no scores yet: run `make score` (kaggle-gan score) first"
-    shown = table.assign(
-        run=table.run.fillna("").astype(str).where(table.run.notna() & (table.run.astype(str) != ""), table.images),
-        afd=table.afd.map(lambda x: f"{x:.3f}"),
-        fid=table.fid.map(lambda x: "-" if x != x else f"{x:.2f}"),
-        fid_floor=table.fid_floor.map(lambda x: "-" if x != x or x is None else f"{float(x):.2f}"),
-    )
-    cols = ["run", "preset", "level", "afd", "fid_label", "fid", "fid_floor", "n_images", "scored_at"]
-    return shown[cols].astype(object).fillna("").to_string(index=False)

@@ -63,7 +63,7 @@ def faces_dir(tmp_path) -> Path:
 
 @pytest.fixture
 def prepared(tmp_path, faces_dir) -> Path:
-    from kaggle_gan.data import prepare
+    from kaggle_gan.prepare import prepare
 
     prepare(str(faces_dir), tmp_path / "data", size=64, workers=1)
     return tmp_path / "data"

@@ -69,11 +69,16 @@ def test_an_unknown_augmentation_is_a_one_line_user_error():
         resolve("boss", {"train.augment": "colour,translation"})
 
 
-def test_augmented_critic_adds_no_state():
+def test_augmented_critic_adds_no_state_and_scores_the_augmented_images():
     D = ResNetDiscriminator(8, 32)
     wrapped = AugmentedCritic(D, "translation", gen())
     assert sum(p.numel() for p in wrapped.parameters()) == sum(p.numel() for p in D.parameters())
-    assert wrapped(torch.randn(2, 3, 32, 32)).shape == (2,)
+    assert set(wrapped.state_dict()) == {f"critic.{k}" for k in D.state_dict()}
+    x = torch.randn(2, 3, 32, 32)
+    shifted = translation(x, gen())  # the same draw the wrapper makes from an equally seeded generator
+    D.eval()  # spectral norm's vectors stay put, so D is one fixed function below
+    scores = wrapped(x)
+    assert torch.allclose(scores, D(shifted)) and not torch.allclose(scores, D(x))
 
 
 @pytest.mark.parametrize("resolution", [32, 64])
@@ -109,8 +114,9 @@ def test_r1_of_a_linear_critic_is_its_squared_weight_norm():
     ctx = StepContext(gen())
     assert r1_penalty(D, real, ctx).item() == pytest.approx(float(a @ a))
     loss, stats = WithR1(HingeLoss(), gamma=2.0).critic_loss(D, real, fake, ctx)
-    plain, _ = HingeLoss().critic_loss(D, real, fake, ctx)
-    assert loss.item() == pytest.approx(plain.item() + float(a @ a))
+    r, f = real.flatten(1) @ a, fake.flatten(1) @ a  # the linear critic's scores
+    hinge = torch.relu(1 - r).mean() + torch.relu(1 + f).mean()
+    assert loss.item() == pytest.approx(hinge.item() + float(a @ a))  # gamma / 2 * ||a||^2 with gamma = 2
     assert stats["r1"].item() == pytest.approx(float(a @ a))
 
 
@@ -148,7 +154,7 @@ def test_boss_trains_on_the_one_loop_and_resumes_exactly(prepared, tmp_path):
 
 def test_a_boss_step_changes_both_networks(prepared, tmp_path):
     t = Trainer(resolve("boss", TINY), prepared, tmp_path / "s", device="cpu", progress=False)
-    before = [p.detach().clone() for p in itertools.chain(t.G.parameters(), t.D.parameters())]
+    before = [p.detach().clone() for p in itertools.chain(t.gan.G.parameters(), t.gan.D.parameters())]
     t.train_step(t._batch(torch.randperm(len(t.data)), 0))
-    after = list(itertools.chain(t.G.parameters(), t.D.parameters()))
+    after = list(itertools.chain(t.gan.G.parameters(), t.gan.D.parameters()))
     assert sum(not torch.equal(x, y) for x, y in zip(before, after)) > len(before) // 2

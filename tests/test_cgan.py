@@ -4,9 +4,9 @@ import csv
 import pytest
 import torch
 
-from kaggle_gan.cgan import cgan, cgan_config, prepare_digits
+from kaggle_gan.experiments.cgan import cgan, cgan_config, prepare_digits
 from kaggle_gan.config import resolve
-from kaggle_gan.data import prepare
+from kaggle_gan.prepare import prepare
 from kaggle_gan.io import UserError
 from kaggle_gan.models import ConditionalBatchNorm2d, ConditionalGenerator, ProjectionCritic
 from kaggle_gan.train import Trainer, train

@@ -41,3 +41,16 @@ def test_malformed_set_and_unknown_preset():
         parse_set(["train.epochs"])
     with pytest.raises(UserError, match="unknown preset"):
         resolve("boss-of-bosses")
+
+
+def test_importing_the_command_line_loads_no_experiment_and_nothing_heavy():
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, sys, kaggle_gan.cli; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('kaggle_gan', 'torch', 'numpy', 'pandas')))))")
+    loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert not [m for m in loaded if m.startswith("kaggle_gan.experiments")]
+    assert not [m for m in loaded if m.split(".")[0] in ("torch", "numpy", "pandas")]
+    assert "kaggle_gan.cli" in loaded

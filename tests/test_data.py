@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from kaggle_gan.data import load_prepared, prepare
+from kaggle_gan.data import load_prepared
+from kaggle_gan.prepare import prepare
 from kaggle_gan.io import UserError
 
 from conftest import make_faces

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kaggle_gan.config import resolve
-from kaggle_gan.data import prepare
+from kaggle_gan.prepare import prepare
 from kaggle_gan.train import Trainer, epoch_order, train
 
 from conftest import REPO, make_faces
@@ -35,8 +35,8 @@ with distributed.process_group("cpu") as world:
     first = t._batch(epoch_order(t.cfg.train.seed, 0, len(t.data)), 0).x
     t.gen.set_state(rng)  # the run itself starts from the untouched state
     t.run()
-    params = {f"G.{k}": v.detach() for k, v in t.G.named_parameters()}
-    params.update({f"D.{k}": v.detach() for k, v in t.D.named_parameters()})
+    params = {f"G.{k}": v.detach() for k, v in t.gan.G.named_parameters()}
+    params.update({f"D.{k}": v.detach() for k, v in t.gan.D.named_parameters()})
     torch.save({"params": params, "first_batch": first}, out / f"rank{world.rank}.pt")
 """
 

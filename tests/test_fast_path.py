@@ -39,7 +39,7 @@ def losses(prepared, run_dir, preset, steps, **overrides):
         stats = t.train_step(t._batch(order, position))
         out.append({k: v.item() for k, v in stats.items()})
         t.step += 1
-    return out, {**t.G.state_dict(), **{f"D.{k}": v for k, v in t.D.state_dict().items()}}
+    return out, {**t.gan.G.state_dict(), **{f"D.{k}": v for k, v in t.gan.D.state_dict().items()}}
 
 
 def critic_steps(preset):
@@ -136,7 +136,7 @@ def test_omp_num_threads_sets_the_cpu_threads(monkeypatch):
 def test_the_generator_step_leaves_the_critic_trainable(prepared, tmp_path):
     t = Trainer(resolve("baseline", SMALL), prepared, tmp_path / "r", device="cpu", resume=False, progress=False)
     t.train_step(t._batch(torch.randperm(len(t.data)), 0))
-    assert all(p.requires_grad for p in t.D.parameters())
+    assert all(p.requires_grad for p in t.gan.D.parameters())
 
 
 def test_bench_runs_and_writes_its_table(tmp_path):

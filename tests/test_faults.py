@@ -38,7 +38,8 @@ from PIL import Image
 
 from kaggle_gan.checkpoint import FORMAT, load_file, load_latest, save_checkpoint
 from kaggle_gan.cli import main
-from kaggle_gan.data import load_prepared, prepare
+from kaggle_gan.data import load_prepared
+from kaggle_gan.prepare import prepare
 from kaggle_gan.generate import MARKER, generate
 from kaggle_gan.io import RunLock, UserError, download, sha256_file
 from kaggle_gan.train import Trainer, train

@@ -80,6 +80,15 @@ def test_wgan_clips_the_critic_and_estimates_the_distance():
     assert D[1].weight.abs().max() <= 0.01
 
 
-def test_build_loss_names():
-    for name in ("bce", "wgan", "wgan-gp", "hinge"):
-        assert build_loss(LossConfig(name=name)).name == name
+def test_build_loss_gives_each_objective_with_its_settings():
+    from kaggle_gan.losses import HingeLoss, WGANGPLoss, WithClassifier, WithR1
+
+    assert type(build_loss(LossConfig(name="bce"))) is BCELoss
+    wgan = build_loss(LossConfig(name="wgan", clip=0.02))
+    assert type(wgan) is WGANLoss and wgan.clip == 0.02
+    gp = build_loss(LossConfig(name="wgan-gp", gp_lambda=5.0))
+    assert type(gp) is WGANGPLoss and gp.gp_lambda == 5.0 and gp.clip == 0.0 and gp.double_backward
+    r1 = build_loss(LossConfig(name="hinge", r1_gamma=2.0))
+    assert type(r1) is WithR1 and type(r1.inner) is HingeLoss and r1.gamma == 2.0 and r1.double_backward
+    aux = build_loss(LossConfig(name="hinge", aux_weight=0.5))
+    assert type(aux) is WithClassifier and aux.weight == 0.5 and not aux.double_backward

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from conftest import DEV_ZIP, cli, make_faces, needs_dev_faces
-from kaggle_gan import neighbours as nb
+from kaggle_gan import backbones as bb, neighbours as nb
 from kaggle_gan.io import UserError
 from kaggle_gan.weights import WeightsMissing
 
@@ -50,7 +50,7 @@ def test_k_larger_than_the_index_returns_every_image():
 @pytest.fixture
 def small(tmp_path):
     """16 made-up training images prepared into WORK/data, and a query folder of three of them."""
-    from kaggle_gan.data import prepare
+    from kaggle_gan.prepare import prepare
 
     faces = make_faces(tmp_path / "faces", n=16, seed=3)
     work = tmp_path / "work"
@@ -81,14 +81,14 @@ def test_index_is_stored_float16_keyed_and_reused(small):
 
     p = load_prepared(small / "data")
     cache = small / "cache" / "neighbours"
-    net = nb.load_backbone("resnet18", "random:0", "cpu", 32)
+    net = bb.load_backbone("resnet18", "random:0", "cpu", 32)
     first = nb.build_index(p.images, p.meta["images_sha256"], net, cache)
     again = nb.build_index(p.images, p.meta["images_sha256"], net, cache)
     assert not first.cache_hit and again.cache_hit and again.path == first.path
     with np.load(first.path) as z:
         assert z["features"].dtype == np.float16 and z["features"].shape == (16, 512)
     np.testing.assert_array_equal(again.features, first.features)
-    other = nb.build_index(p.images, p.meta["images_sha256"], nb.load_backbone("resnet18", "random:1", "cpu", 32), cache)
+    other = nb.build_index(p.images, p.meta["images_sha256"], bb.load_backbone("resnet18", "random:1", "cpu", 32), cache)
     assert other.path != first.path and not other.cache_hit
 
 
@@ -98,20 +98,20 @@ def test_weights_file_gives_the_same_features_as_the_network_saved(small, tmp_pa
     from kaggle_gan.data import load_prepared
 
     images = np.asarray(load_prepared(small / "data").images[:4])
-    seeded = nb.load_backbone("resnet18", "random:5", "cpu", 32)
+    seeded = bb.load_backbone("resnet18", "random:5", "cpu", 32)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(5)
         model = timm.create_model("resnet18", pretrained=False, num_classes=0)
     torch.save(model.state_dict(), tmp_path / "r18.pth")
-    from_file = nb.load_backbone("resnet18", tmp_path / "r18.pth", "cpu", 32)
+    from_file = bb.load_backbone("resnet18", tmp_path / "r18.pth", "cpu", 32)
     assert not from_file.weights.is_random and "proxy" not in from_file.label
-    np.testing.assert_allclose(nb.embed(images, from_file), nb.embed(images, seeded), atol=1e-5)
+    np.testing.assert_allclose(bb.embed(images, from_file), bb.embed(images, seeded), atol=1e-5)
 
 
 def test_clip_uses_clips_own_preprocessing():
-    net = nb.load_backbone("clip", "random:0", "cpu")
+    net = bb.load_backbone("clip", "random:0", "cpu")
     pre = net.preprocessing
-    assert net.name == nb.CLIP_MODEL and pre["input_size"] == 224 and pre["interpolation"] == "bicubic"
+    assert net.name == bb.CLIP_MODEL and pre["input_size"] == 224 and pre["interpolation"] == "bicubic"
     assert pre["mean"] == pytest.approx([0.48145466, 0.4578275, 0.40821073])
 
 
@@ -130,16 +130,16 @@ def _mirrored_and_jittered(images: np.ndarray, n: int, seed: int = 0):
 
 
 def _recall_at_5(images: np.ndarray) -> float:
-    net = nb.load_backbone(FAST["backbone"], FAST["weights"], "cpu", FAST["input_size"])
-    index = nb.embed(images, net).astype(np.float16)
+    net = bb.load_backbone(FAST["backbone"], FAST["weights"], "cpu", FAST["input_size"])
+    index = bb.embed(images, net).astype(np.float16)
     pick, copies = _mirrored_and_jittered(images, 200)
-    _, idx = nb.topk_cosine(nb.embed(copies, net), index, k=5)
+    _, idx = nb.topk_cosine(bb.embed(copies, net), index, k=5)
     return float((idx == pick[:, None]).any(axis=1).mean())
 
 
 @needs_dev_faces
 def test_copies_of_real_faces_find_their_source():
-    from kaggle_gan.data import decode_image
+    from kaggle_gan.imagefiles import decode_image
 
     with zipfile.ZipFile(DEV_ZIP) as zf:
         names = [n for n in zf.namelist() if n.lower().endswith((".jpg", ".png"))][:400]
@@ -148,7 +148,7 @@ def test_copies_of_real_faces_find_their_source():
 
 
 def test_copies_of_made_up_faces_find_their_source(tmp_path):
-    from kaggle_gan.data import prepare
+    from kaggle_gan.prepare import prepare
 
     p = prepare(str(make_faces(tmp_path / "faces", n=200, seed=7)), tmp_path / "data", size=64, workers=1)
     assert _recall_at_5(np.asarray(p.images)) >= 0.95
@@ -211,9 +211,9 @@ def test_missing_clip_weights_name_both_ways_to_supply_them(prepared, faces_dir,
 def test_bad_choices_are_one_line_errors(small, tmp_path):
     images = small / "runs" / "r" / "images"
     with pytest.raises(UserError, match="unknown backbone"):
-        nb.load_backbone("no_such_net", "random:0")
+        bb.load_backbone("no_such_net", "random:0")
     with pytest.raises(WeightsMissing, match="no such file"):
-        nb.load_backbone("resnet18", tmp_path / "absent.pth")
+        bb.load_backbone("resnet18", tmp_path / "absent.pth")
     with pytest.raises(UserError, match="threshold"):
         nb.neighbours(images, small / "data", small, threshold=1.5, **FAST)
     with pytest.raises(UserError, match="images not found"):

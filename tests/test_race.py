@@ -15,7 +15,7 @@ from conftest import CASCADE, REPO, cli, needs_cascade
 from kaggle_gan.checkpoint import load_file
 from kaggle_gan.config import resolve
 from kaggle_gan.io import UserError
-from kaggle_gan.race import COLUMNS, race, race_config
+from kaggle_gan.experiments.race import COLUMNS, race, race_config
 
 
 def test_race_config_reduces_scale_and_keeps_each_recipe():

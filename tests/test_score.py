@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from kaggle_gan import afd, score as score_mod
-from kaggle_gan.data import prepare
+from kaggle_gan import afd, leaderboard as board_mod, score as score_mod
+from kaggle_gan.prepare import prepare
 from kaggle_gan.io import UserError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -110,21 +110,21 @@ def test_proxy_fid_with_cache_and_sample_code_anchor(data_dir, tmp_path, offline
                             ref_count=6, run="eight", out=tmp_path / "eight.json", quiet=True)
     assert third["fid"]["sd"] > 0 and f"+- {third['fid']['sd']:.2f}" in score_mod.render(third)
 
-    board = score_mod.leaderboard(work)
+    board = board_mod.leaderboard(work)
     assert sorted(board.run.tolist()) == ["baseline", "mine"]
     assert set(board.fid_label) == {"proxy FID (random:0)"}
-    assert "proxy FID (random:0)" in score_mod.format_leaderboard(board)
+    assert "proxy FID (random:0)" in board_mod.format_leaderboard(board)
 
 
 def test_a_rescore_replaces_the_folders_row(data_dir, tmp_path, offline):
     images = write_images(tmp_path / "imgs", [50, 200])
     for _ in range(2):
         score_mod.score(images, data_dir, tmp_path / "work", detector=Bright(), device="cpu", quiet=True)
-    table = pd.read_csv(tmp_path / "work" / score_mod.LEADERBOARD)
+    table = pd.read_csv(tmp_path / "work" / board_mod.LEADERBOARD)
     assert len(table) == 1 and table.afd.tolist() == [0.5]
     score_mod.score(write_images(tmp_path / "other", [200]), data_dir, tmp_path / "work", detector=Bright(),
                     device="cpu", quiet=True)
-    assert len(pd.read_csv(tmp_path / "work" / score_mod.LEADERBOARD)) == 2
+    assert len(pd.read_csv(tmp_path / "work" / board_mod.LEADERBOARD)) == 2
 
 
 def test_leaderboard_best_first(tmp_path):
@@ -138,11 +138,11 @@ def test_leaderboard_best_first(tmp_path):
         dict(run="e", images="/e", level="none", fid=None, afd=0.1, fid_label="skipped", fid_key="", detector="d"),
         dict(run="c2", images="/c", level="medium", fid=175.0, afd=0.45, fid_label="FID", fid_key="k", detector="d"),
     ]
-    (tmp_path / score_mod.LEADERBOARD).write_text(pd.DataFrame(rows).to_csv(index=False))
-    board = score_mod.leaderboard(tmp_path)
+    (tmp_path / board_mod.LEADERBOARD).write_text(pd.DataFrame(rows).to_csv(index=False))
+    board = board_mod.leaderboard(tmp_path)
     assert board.run.tolist() == ["b", "d", "a", "c2", "e"]  # /c rescored: only its latest row stays
-    assert list(board.columns) == score_mod.LEADERBOARD_COLUMNS
-    assert score_mod.leaderboard(tmp_path / "empty").empty
+    assert list(board.columns) == board_mod.LEADERBOARD_COLUMNS
+    assert board_mod.leaderboard(tmp_path / "empty").empty
 
 
 def test_bad_folders_are_reported_before_any_work(data_dir, tmp_path, offline):
@@ -185,4 +185,4 @@ def test_default_cascade_path_option(data_dir, tmp_path, offline):
 
 
 def test_printed_leaderboard(tmp_path):
-    assert "no scores yet" in score_mod.format_leaderboard(score_mod.leaderboard(tmp_path))
+    assert "no scores yet" in board_mod.format_leaderboard(board_mod.leaderboard(tmp_path))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kaggle_gan.io import UserError
-from kaggle_gan.toy import Points, coverage, mixture, toy, toy_config
+from kaggle_gan.experiments.toy import Points, coverage, mixture, toy, toy_config
 from kaggle_gan.train import Trainer, train
 
 

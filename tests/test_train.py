@@ -19,15 +19,15 @@ def tiny(preset, **more):
 def test_one_step_of_each_preset_changes_weights_and_keeps_them_finite(preset, prepared, tmp_path):
     cfg = tiny(preset)
     t = Trainer(cfg, prepared, tmp_path / preset, device="cpu", progress=False)
-    before_D = [p.detach().clone() for p in t.D.parameters()]
-    before_G = [p.detach().clone() for p in t.G.parameters()]
+    before_D = [p.detach().clone() for p in t.gan.D.parameters()]
+    before_G = [p.detach().clone() for p in t.gan.G.parameters()]
     t.step = cfg.loss.n_critic - 1  # the next step is also a generator step
     t.train_step(t._batch(torch.randperm(len(t.data)), 0))
-    for old, new in ((before_D, list(t.D.parameters())), (before_G, list(t.G.parameters()))):
+    for old, new in ((before_D, list(t.gan.D.parameters())), (before_G, list(t.gan.G.parameters()))):
         assert any(not torch.equal(a, b) for a, b in zip(old, new))
         assert all(torch.isfinite(p).all() for p in new)
     if preset == "wgan":
-        assert max(p.abs().max().item() for p in t.D.parameters()) <= cfg.loss.clip
+        assert max(p.abs().max().item() for p in t.gan.D.parameters()) <= cfg.loss.clip
 
 
 def test_run_writes_its_outputs(prepared, tmp_path):
@@ -67,7 +67,7 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_last_checkpoint(pre
     (run / "generator.pt").unlink()
     t = Trainer(tiny("baseline", train__max_steps=8), prepared, run, device="cpu", progress=False)
     with torch.no_grad():
-        t.D.body[0].weight.fill_(float("nan"))
+        t.gan.D.body[0].weight.fill_(float("nan"))
     with pytest.raises(UserError, match="diverged at step"):
         t.run()
     assert load_latest(run / "checkpoints")["step"] == 4
@@ -94,7 +94,7 @@ def test_ema_generator_gets_batch_norm_statistics_measured_for_its_weights():
     """Averaged weights with averaged running statistics draw washed-out images (the race's FID); measured
     statistics make eval mode agree with what train-mode batch norm computes for a large batch."""
     from kaggle_gan.models import build_models
-    from kaggle_gan.train import EMA
+    from kaggle_gan.ema import EMA
 
     cfg = resolve("baseline", TINY).model
     torch.manual_seed(0)

@@ -24,7 +24,8 @@ import torch
 from kaggle_gan.checkpoint import load_latest
 from kaggle_gan.chunks import chunked_rows
 from kaggle_gan.cli import main
-from kaggle_gan.data import load_prepared, prepare
+from kaggle_gan.data import load_prepared
+from kaggle_gan.prepare import prepare
 from kaggle_gan.generate import MARKER, generate
 from kaggle_gan.io import RunLock, UserError
 from kaggle_gan.train import train

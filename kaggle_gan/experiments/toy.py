@@ -29,9 +29,9 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from .config import Config, Preset, describe_presets, resolve
-from .data import Batch, fixed_noise
-from .io import RunLock, UserError, atomic_path
+from ..config import Config, Preset, describe_presets, resolve
+from ..data import Batch, fixed_noise
+from ..io import RunLock, UserError, atomic_path
 
 #: mixture name -> (mode centres (K, 2), sigma)
 MIXTURES = ("ring8", "grid25")
@@ -198,7 +198,7 @@ def train_toy(name: str, loss: str, run_dir: Path, overrides: Optional[Dict[str,
     """Train one loss on one mixture with the project's loop; its EMA generator's coverage and seconds."""
     import torch
 
-    from .train import Trainer
+    from ..train import Trainer
 
     cfg = toy_config(loss, overrides)
     t = cfg.train

@@ -28,21 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
-from .config import Config, resolve
-from .io import UserError, atomic_path, read_json, write_json
+from ..config import RACE, Config, resolve
+from ..io import UserError, atomic_path, read_json, write_json
 
 PRESETS = ("baseline", "medium", "wgan", "strong", "boss")
-#: CPU scale: 32x32 at width 32 with batch 64. On 2 quiet cores DCGAN trains at ~1,400 img/s, WGAN-GP
-#: ~1,000 and boss ~160: boss's 128k images are most of the race's time. 128k is where boss's faces
-#: appear (a sweep on a GPU at this scale: AFD 0.02 at 64k, 0.4 at 96k, 0.86 at 192k).
-DEFAULT_KIMG = 128.0
-DEFAULT_RESOLUTION = 32
-DEFAULT_WIDTH = 32
-DEFAULT_POINTS = 3
-DEFAULT_COUNT = 1000  # images per point for AFD (+-1.6% at a rate of 0.5), and the last point's FID with its +-
-# (fid.half_sample_sd): a submission's count; the README measures how far the proxy FID moves between draws
-DEFAULT_FID_COUNT = 250  # of them, scored by FID at every point (the curve)
-DEFAULT_REF_COUNT = 1000  # reference images, plus 1000 held out for the floor: ~2.5 min of Inception on 2 cores
+# the default scale lives in config.RACE, where the command line reads it without importing this module
+DEFAULT_KIMG, DEFAULT_RESOLUTION, DEFAULT_WIDTH, DEFAULT_POINTS = RACE.kimg, RACE.resolution, RACE.width, RACE.points
+DEFAULT_COUNT, DEFAULT_FID_COUNT, DEFAULT_REF_COUNT = RACE.count, RACE.fid_count, RACE.ref_count
 SCORES = ("afd", "fid_small", "fid", "fid_sd")  # what score_point gives for one point
 COLUMNS = ["preset", "same_as", "point", "kimg", "steps", "g_steps", "train_s", "afd", "fid_small", "fid", "fid_sd",
            "n_images", "fid_small_images", "fid_label"]
@@ -75,8 +67,8 @@ def _recipe(cfg: Config) -> dict:
 
 def fid_model(inception_weights: Optional[str], device):
     """The Inception network for FID: the given weights, else the cached real ones, else ``random:0`` (a proxy)."""
-    from . import fid as fid_mod
-    from .weights import WeightsMissing
+    from .. import fid as fid_mod
+    from ..weights import WeightsMissing
 
     if inception_weights is None:
         try:
@@ -122,11 +114,11 @@ def race(
     """
     import pandas as pd
 
-    from . import afd as afd_mod
-    from . import fid as fid_mod
-    from .data import load_prepared
-    from .runtime import resolve_device
-    from .train import train
+    from .. import afd as afd_mod
+    from .. import fid as fid_mod
+    from ..data import load_prepared
+    from ..runtime import resolve_device
+    from ..train import train
 
     data_dir, work = Path(data_dir), Path(work)
     if kimg <= 0 or points < 1 or count < 2 or not 2 <= fid_count <= count:
@@ -212,9 +204,9 @@ def race(
 def draw_images(snapshot: Path, out: Path, count: int, seed: int, prepared, detector, device: str):
     """One point's images and their AFD: ``count`` images drawn from ``snapshot`` the way ``kaggle-gan generate``
     does (64x64 JPEGs in ``out``), read back like ``score`` reads a folder, at the prepared data's size."""
-    from . import afd as afd_mod
-    from .generate import generate
-    from .score import load_image_folder
+    from .. import afd as afd_mod
+    from ..generate import generate
+    from ..score import load_image_folder
 
     folder = generate(snapshot, out, n=count, seed=seed, size=64, device=device)
     names, images, _ = load_image_folder(folder, int(prepared.images.shape[1]), prepared.meta.get("resample", "bilinear"))
@@ -226,7 +218,7 @@ def score_point(snapshot: Path, out: Path, count: int, fid_count: int, last: boo
     """One point's scores (the keys of ``SCORES``): AFD on ``count`` images drawn by :func:`draw_images` (seed 0),
     FID of the first ``fid_count`` against ``ref``; at the ``last`` point also the FID of all and its
     :func:`kaggle_gan.fid.half_sample_sd` (None elsewhere)."""
-    from . import fid as fid_mod
+    from .. import fid as fid_mod
 
     images, rate = draw_images(snapshot, out, count, 0, prepared, detector, device)
     feats = fid_mod.activations(images if last else images[:fid_count], model, desc=desc)
@@ -241,7 +233,7 @@ def score_point(snapshot: Path, out: Path, count: int, fid_count: int, last: boo
 def race_reference(prepared, model, cache: Path, ref_count: int, resolution: int):
     """The race's FID reference statistics (cached): ``ref_count`` training images seen through
     :func:`reference_view`, as the ``resolution``-px models see them."""
-    from . import fid as fid_mod
+    from .. import fid as fid_mod
 
     return fid_mod.reference_stats(prepared.images, prepared.meta["images_sha256"], model, cache, ref_count,
                                    view=reference_view(resolution, int(prepared.images.shape[1])))
@@ -261,7 +253,7 @@ def reference_view(resolution: int, size: int):
     """
     if resolution >= size:
         return None
-    from .data import resize_images
+    from ..data import resize_images
 
     return f"{resolution}px-and-back", lambda x: resize_images(resize_images(x, resolution), size)
 
@@ -282,7 +274,7 @@ def _check_settings(work: Path, settings: dict) -> None:
         old = read_json(path)
         if old != settings:
             diff = ", ".join(f"{k}={old.get(k)!r} (now {v!r})" for k, v in settings.items() if old.get(k) != v)
-            raise UserError(f"{work} holds a race with {diff}; pass another --out or delete {work}")
+            raise UserError(f"{work} holds a race with {diff}; pass another --out (its runs are kept as they are)")
     else:
         write_json(path, settings)
 

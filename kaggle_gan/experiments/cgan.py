@@ -27,8 +27,8 @@ from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 
-from .config import Config, Preset, describe_presets, resolve
-from .io import RunLock, UserError, atomic_path, read_json, write_json
+from ..config import Config, Preset, describe_presets, resolve
+from ..io import RunLock, UserError, atomic_path, read_json, write_json
 
 DIGITS = "digits"
 HELD_OUT = 0.2  # share of the real images the grading classifier never trains on: its ceiling is measured there
@@ -73,7 +73,8 @@ def prepare_digits(out: Path, size: int = 32) -> "Prepared":  # noqa: F821
     """The digits as a prepared labelled folder (the same files ``prepare --labels`` writes); a no-op if done."""
     import pandas as pd
 
-    from .data import load_prepared, write_prepared
+    from ..data import load_prepared
+    from ..prepare import write_prepared
 
     out = Path(out)
     want = {"source": DIGITS, "size": size}
@@ -169,7 +170,7 @@ def generate_per_class(G, classes: int, per_class: int, z_dim: int, seed: int, d
     """``per_class`` images of every class from ``G`` (eval mode): ((classes * per_class, 3, R, R), asked labels)."""
     import torch
 
-    from .data import fixed_noise
+    from ..data import fixed_noise
 
     y = torch.arange(classes).repeat_interleave(per_class)
     z = fixed_noise(len(y), z_dim, seed)
@@ -196,8 +197,9 @@ def cgan(out: Union[str, Path], data: str = DIGITS, labels: Optional[str] = None
          overrides: Optional[Dict[str, str]] = None, per_class: int = 100, device: str = "auto",
          cache: Optional[Path] = None, progress: bool = True) -> dict:
     """Prepare ``data``, train the conditional GAN, grade it; writes the sheet and accuracy files, returns the results."""
-    from .data import load_prepared, prepare, resize_images, save_grid
-    from .train import Trainer
+    from ..data import load_prepared, resize_images, save_grid
+    from ..prepare import prepare
+    from ..train import Trainer
 
     out = Path(out)
     if data == DIGITS:

@@ -1,0 +1,91 @@
+"""What one training step computes (kaggle_gan.step.GANStep), on tiny cases with known answers."""
+import pytest
+import torch
+from torch import nn
+
+from kaggle_gan.config import resolve
+from kaggle_gan.data import Batch
+from kaggle_gan.distributed import World
+from kaggle_gan.ema import EMA
+from kaggle_gan.experiments.toy import toy_config
+from kaggle_gan.losses import HingeLoss, StepContext
+from kaggle_gan.step import GANStep
+
+SMALL = {"model.g_width": 8, "model.d_width": 8, "model.resolution": 32, "train.batch_size": 4}
+
+
+def gan_step(preset: str, **overrides) -> GANStep:
+    cfg = resolve(preset, {**SMALL, **{k.replace("__", "."): v for k, v in overrides.items()}})
+    return GANStep(cfg, torch.device("cpu"), World(), torch.Generator().manual_seed(0))
+
+
+def test_the_hinge_loss_has_its_closed_form_values():
+    r = torch.tensor([0.5, 2.0, -1.0])  # relu(1 - r) = 0.5, 0, 2
+    f = torch.tensor([-2.0, 0.0, 1.5])  # relu(1 + f) = 0, 1, 2.5
+    scores = iter([r, f])
+    D = lambda x: next(scores)  # noqa: E731  the critic's outputs, real then fake
+    loss, stats = HingeLoss().critic_loss(D, torch.zeros(3, 1), torch.zeros(3, 1), StepContext())
+    assert loss.item() == pytest.approx(2.5 / 3 + 3.5 / 3)
+    assert stats["d_real"].item() == pytest.approx(0.5) and stats["d_fake"].item() == pytest.approx(-0.5 / 3)
+    assert HingeLoss().generator_loss(lambda x: f, torch.zeros(3, 1), StepContext()).item() == pytest.approx(0.5 / 3)
+
+
+def test_the_ema_copies_first_then_averages_with_a_warm_up():
+    """The first update copies; update n (n earlier ones) moves the average by 1 - d toward the weights,
+    d = min(decay, (1 + n) / (10 + n)): short runs are not dominated by the random initialisation."""
+    net = nn.Linear(1, 1, bias=False)
+    ema = EMA(net, decay=0.5)
+    values = [3.0, 5.0, -1.0] + [2.0] * 10
+    expected, a = [], None
+    for n, w in enumerate(values):
+        with torch.no_grad():
+            net.weight.fill_(w)
+        ema.update(net)
+        a = w if a is None else a + (1 - min(0.5, (1 + n) / (10 + n))) * (w - a)
+        expected.append(a)
+        assert ema.model.module.weight.item() == pytest.approx(a, rel=1e-6), n
+    assert expected[1] == pytest.approx(3.0 + (1 - 2 / 11) * 2.0)  # warm-up: 2/11 of the old value kept
+    assert expected[-1] == pytest.approx(2.0, abs=1e-3)  # then decay 0.5 halves the gap each update
+
+
+@pytest.mark.parametrize("preset, optimiser", [("boss", torch.optim.Adam), ("wgan", torch.optim.RMSprop)])
+def test_each_learning_rate_reaches_its_own_optimiser_and_networks(preset, optimiser):
+    step = gan_step(preset, optim__lr_g=1e-3, optim__lr_d=3e-4)
+    for opt, net, lr in ((step.opt_G, step.G, 1e-3), (step.opt_D, step.D, 3e-4)):
+        assert isinstance(opt, optimiser)
+        assert [g["lr"] for g in opt.param_groups] == [lr]
+        assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in net.parameters()}
+
+
+@pytest.mark.parametrize("augment", ["", "translation"])
+def test_the_generator_step_shows_the_critic_augmented_fakes_when_augmenting(augment):
+    step = gan_step("boss", train__augment=augment)
+    seen = {}
+    step.G.register_forward_hook(lambda m, i, out: seen.__setitem__("fake", out.detach().clone()))
+    step.D.register_forward_pre_hook(lambda m, args: seen.__setitem__("critic_input", args[0].detach().clone()))
+    step.generator_step(None)
+    fake, shown = seen["fake"], seen["critic_input"]
+    assert fake.shape == shown.shape
+    if augment:  # translation shifts each image and fills the gap with zeros
+        assert not torch.equal(fake, shown) and (shown == 0).float().mean() > (fake == 0).float().mean()
+    else:
+        assert torch.equal(fake, shown)
+
+
+def test_a_critic_learns_to_separate_two_point_clouds():
+    """Critic steps alone (hinge loss) on real points far from the untrained generator's: the loss leaves 2."""
+    cfg = toy_config("hinge", {"train.batch_size": "64"})
+    step = GANStep(cfg, torch.device("cpu"), World(), torch.Generator().manual_seed(0))
+    real = torch.randn(64, 2, generator=torch.Generator().manual_seed(1)) * 0.1 + 4.0
+    losses = [step.critic_step(real, None)["d_loss"].item() for _ in range(200)]
+    assert losses[0] > 1.5
+    assert min(losses[-20:]) < 1.5
+
+
+def test_a_whole_step_is_a_critic_step_then_a_generator_step_on_its_turn():
+    step = gan_step("strong")
+    batch = Batch(torch.rand(4, 3, 32, 32) * 2 - 1)
+    critic_only = step(batch, generator_turn=False)
+    both = step(batch, generator_turn=True)
+    assert "g_loss" not in critic_only and "g_loss" in both and "d_loss" in both
+    assert step.ema.updates == 1  # the EMA follows the generator's steps only
