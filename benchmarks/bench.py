@@ -226,6 +226,8 @@ def bench_training(preset: str, args, device: torch.device, files: List[Path], p
     variants = {"ours": {"train.compile": args.compile}}
     if args.ablate:
         variants["ours, fast off"] = {"train.fast": False}
+    if args.joint:
+        variants["ours, one critic pass"] = {"train.joint_critic": True}
     for name, extra in variants.items():
         if cpu_memory:
             memory.begin(f"{preset}/{name}")
@@ -351,6 +353,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="the reference DataLoader's workers (the sample's 2)")
     p.add_argument("--compile", action="store_true", help="our loop with train.compile=true")
     p.add_argument("--ablate", action="store_true", help="also time our loop with train.fast=false")
+    p.add_argument("--joint", action="store_true", help="also time our loop with train.joint_critic=true "
+                   "(real and fake in one critic pass; only differs for critics without batch norm)")
     p.add_argument("--data", default=str(DEV_ZIP), help="the dev zip of 96x96 faces, or 'synthetic'")
     p.add_argument("--images", type=int, default=10_000, help="faces to extract (and prepare)")
     p.add_argument("--count", type=int, default=1000, help="images to generate")

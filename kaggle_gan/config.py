@@ -60,6 +60,9 @@ class TrainConfig:
     keep_epochs: bool = True  # keep a checkpoint per epoch besides last.pt
     augment: str = ""  # differentiable augmentation of real and fake before the critic, e.g. "color,translation,cutout"
     flip: bool = True  # random horizontal flips of real images (off for digits and text)
+    # real and fake in one critic pass when the critic has no batch norm (DiffAugment's BigGAN code); off: not
+    # faster on 2 CPU cores (README, Speed), GPU not measured
+    joint_critic: bool = False
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ class StepContext:
     fp16: bool = False
     rank: int = 0
     world_size: int = 1
+    joint: bool = False  # score real and fake in one critic pass (only for a critic without batch norm)
 
 
 class GANLoss:
@@ -53,8 +54,13 @@ class GANLoss:
 
 
 def _scores(D: nn.Module, real: Tensor, fake: Tensor, ctx: StepContext) -> Tuple[Tensor, Tensor]:
-    # Two forward passes, as the sample code does: batch-norm statistics stay per batch.
+    """D's scores of ``real`` and ``fake``: one pass over both when ``ctx.joint`` (half the kernel launches,
+    one spectral-norm power iteration), else two passes, as the sample code does, so that a batch-norm
+    critic normalises real and fake batches apart."""
     with ctx.autocast():
+        if ctx.joint:
+            scores = D(torch.cat([real, fake])).float()
+            return scores[: len(real)], scores[len(real):]
         return D(real).float(), D(fake).float()
 
 

@@ -58,7 +58,11 @@ class GANStep:
         self.scaled = self.precision.dtype == torch.float16
         self.scaler_G = torch.amp.GradScaler("cuda", enabled=self.scaled)
         self.scaler_D = torch.amp.GradScaler("cuda", enabled=self.scaled)
-        self.ctx = StepContext(gen, self.precision.autocast, self.scaled, world.rank, world.size)
+        # one critic pass over real and fake where nothing couples the examples of a batch (no batch norm);
+        # a conditional critic's labels are bound per batch, so it keeps two passes
+        joint = t.joint_critic and not cfg.model.classes and not any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.D.modules())
+        self.ctx = StepContext(gen, self.precision.autocast, self.scaled, world.rank, world.size, joint)
         self.G_step = distributed.wrap(self.G, device, world)  # 1.
         self.D_step = distributed.wrap(self.D, device, world)
         if t.augment:  # 2.
@@ -170,7 +174,10 @@ class GANStep:
         before one backward: inductor's backward then fails ("modified by an
         inplace operation"; torch 2.11 on an H100 and 2.14 on CPU). Keeping
         that D eager and compiling G gave boss 856 img/s against 797 fully
-        eager on an H100 (README).
+        eager on an H100 (README). With real and fake in one critic pass
+        (``ctx.joint``) the spectral-norm critic did compile under inductor on
+        CPU without falling back, but compiling it took about 100 s more on 2
+        cores and its speed on a GPU is not measured: it stays eager for now.
 
         Compilation really happens at the first call, so wrapping alone proves
         nothing: the first step runs under :meth:`_first_compiled_step`, which

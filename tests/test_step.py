@@ -89,3 +89,15 @@ def test_a_whole_step_is_a_critic_step_then_a_generator_step_on_its_turn():
     both = step(batch, generator_turn=True)
     assert "g_loss" not in critic_only and "g_loss" in both and "d_loss" in both
     assert step.ema.updates == 1  # the EMA follows the generator's steps only
+
+
+def test_one_critic_pass_scores_as_two_where_nothing_couples_the_batch():
+    from kaggle_gan.losses import _scores
+
+    step = gan_step("strong", train__joint_critic=True)  # instance norm: each image normalised on its own
+    assert step.ctx.joint and not gan_step("strong").ctx.joint  # off unless asked for
+    assert not gan_step("baseline", train__joint_critic=True).ctx.joint  # batch norm couples a batch: two passes
+    real, fake = torch.rand(4, 3, 32, 32) * 2 - 1, torch.rand(4, 3, 32, 32) * 2 - 1
+    joint = _scores(step.D, real, fake, StepContext(joint=True))
+    two = _scores(step.D, real, fake, StepContext())
+    torch.testing.assert_close(joint, two, rtol=1e-5, atol=1e-6)
