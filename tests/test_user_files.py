@@ -27,7 +27,7 @@ from kaggle_gan.cli import main
 from kaggle_gan.data import load_prepared
 from kaggle_gan.prepare import prepare
 from kaggle_gan.generate import MARKER, generate
-from kaggle_gan.io import RunLock, UserError
+from kaggle_gan.io import RunLock, UserError, current_umask
 from kaggle_gan.train import train
 
 from conftest import cli, make_faces
@@ -76,7 +76,7 @@ def test_generate_refuses_a_folder_holding_the_users_files(run, tmp_path, capsys
 def test_generate_replaces_only_its_own_folder_and_keeps_normal_permissions(run, tmp_path, capsys):
     out = tmp_path / "imgs"
     generate(run, out, n=5, device="cpu")
-    assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~_umask())  # not mkdtemp's 0700
+    assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~current_umask())  # not mkdtemp's 0700
     assert json.loads((out / MARKER).read_text())["files"] == [f"{i}.jpg" for i in range(1, 6)]
     generate(run, out, n=3, device="cpu")  # its own folder: replaced whole
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["1.jpg", "2.jpg", "3.jpg"]
@@ -90,12 +90,6 @@ def test_generate_leaves_a_users_file_named_like_its_sidecar_alone(run, tmp_path
     (tmp_path / "imgs.json").write_text("my own notes")
     generate(run, tmp_path / "imgs", n=2, device="cpu")
     assert (tmp_path / "imgs.json").read_text() == "my own notes"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # --- 2. a kill -9 leaves no orphan and no stale lock --------------------------------------------
