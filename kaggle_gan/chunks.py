@@ -32,9 +32,8 @@ def chunked_rows(n: int, compute: Callable[[int, int], np.ndarray], folder: Path
         raise ValueError(f"need n >= 1 and chunk >= 1, got n={n}, chunk={chunk}")
     folder = Path(folder)
     parts = []
-    starts = range(0, n, chunk)
     bar = tqdm(total=n, unit="img", desc=desc)
-    for start in starts:
+    for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         path = folder / f"rows-{start:08d}-{stop:08d}.npy"
         rows = _load(path, stop - start)

@@ -130,7 +130,7 @@ def generate(
         _replace_dir(tmp, out)
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        failure = write_failure(err, out) if isinstance(err, OSError) else None
+        failure = write_failure(err, out)  # None for anything but a full or read-only disk
         if failure is not None:
             raise failure from None
         raise
