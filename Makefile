@@ -20,6 +20,10 @@ RUN     ?= $(PRESET)
 RUN     := $(RUN)
 SIZE    ?= 64
 COUNT   ?= 1000
+# generate from the run's best.pt (the evaluation's best point, when training evaluated) or last (generator.pt)
+CHECKPOINT ?= best
+# jpg (the homework) or png (Kaggle competitions that ask for PNGs; pack them with FORMAT=zip)
+IMAGE_FORMAT ?= jpg
 FORMAT  ?= tgz
 FORCE   ?=
 INCEPTION ?=
@@ -30,6 +34,9 @@ INPUT_SIZE ?=
 QUERY   ?=
 K       ?= 5
 DETECTOR  ?=
+# score's feature network instead of Inception (dinov2, clip, a timm name) and its weights (a file or random:SEED)
+FEATURES ?=
+FEATURE_WEIGHTS ?=
 # GPUS=N trains with N processes under torchrun (DistributedDataParallel); empty or 1: one process
 GPUS    ?=
 TORCHRUN ?= $(BIN)/torchrun
@@ -118,7 +125,9 @@ help:
 	@echo "  WORK=$(WORK)  DEVICE=$(DEVICE)  PRESET=$(PRESET)  RUN=$(RUN)  SIZE=$(SIZE)  COUNT=$(COUNT)"
 	@echo "  SET='$(SET)'   space-separated key=value overrides, e.g. SET='train.epochs=5 train.batch_size=128'"
 	@echo "  FORMAT=$(FORMAT) (tgz for HW6, zip for Kaggle)  FORCE=1 replaces an existing archive"
-	@echo "  INCEPTION=path|random:SEED  DETECTOR=path  REF_COUNT=N   (scoring; a change re-scores)"
+	@echo "  INCEPTION=path|random:SEED  DETECTOR=path  REF_COUNT=N   (scoring; a change re-scores; also train's evaluation)"
+	@echo "  FEATURES=dinov2|clip|timm-name  FEATURE_WEIGHTS=path|random:SEED   (score with another feature network)"
+	@echo "  CHECKPOINT=$(CHECKPOINT) (best: best.pt when training evaluated; last: generator.pt)  IMAGE_FORMAT=$(IMAGE_FORMAT) (jpg|png)"
 	@echo "  BACKBONE=clip|inception|timm-name  WEIGHTS=path|random:SEED  INPUT_SIZE=N  QUERY=folder|file  K=$(K)   (neighbours)"
 	@echo "  RUN remembers PRESET, SET and DATA from its first training ($(RECORD)); give them again to change them"
 	@echo "  GPUS=$(GPUS)   N: train on N GPUs with torchrun + DDP (the batch is split N ways)"
@@ -145,14 +154,16 @@ train: $(GENERATOR)
 $(GENERATOR): $(RETRAIN) | $(if $(TRAINS),$(PREPARED))
 	@mkdir -p '$(RUN_DIR)'
 	$(if $(wildcard $(RECORD)),,$(record_run))
-	$(if $(filter-out 0 1,$(GPUS)),$(TORCHRUN) --standalone --nproc_per_node=$(GPUS) -m kaggle_gan.cli,$(KG)) train --preset $(PRESET) --run-name '$(RUN)' --work '$(WORK)' --device $(DEVICE) $(if $(strip $(SET)),--set '$(SET)')
+	$(if $(filter-out 0 1,$(GPUS)),$(TORCHRUN) --standalone --nproc_per_node=$(GPUS) -m kaggle_gan.cli,$(KG)) train --preset $(PRESET) --run-name '$(RUN)' --work '$(WORK)' --device $(DEVICE) $(if $(strip $(SET)),--set '$(SET)') \
+		$(if $(INCEPTION),--inception-weights '$(INCEPTION)') $(if $(DETECTOR),--detector '$(DETECTOR)')
 	$(record_run)
 
 generate: $(IMAGES)
 $(IMAGES): $(GENERATOR) $(RUN_DIR)/.make-generate
-	$(KG) generate --run '$(RUN)' --work '$(WORK)' --count $(COUNT) --size 64 --device $(DEVICE)
+	$(KG) generate --run '$(RUN)' --work '$(WORK)' --count $(COUNT) --size 64 --device $(DEVICE) --checkpoint $(CHECKPOINT) \
+		--image-format $(IMAGE_FORMAT)
 $(RUN_DIR)/.make-generate: always
-	$(call remember,$@,COUNT=$(COUNT))
+	$(call remember,$@,COUNT=$(COUNT) CHECKPOINT=$(CHECKPOINT) IMAGE_FORMAT=$(IMAGE_FORMAT))
 
 # replaces an archive that submit itself wrote (new images); anything else there is refused unless FORCE=1
 submit: $(ARCHIVE)
@@ -165,9 +176,10 @@ baseline medium wgan strong boss:
 score: $(SCORES)
 $(SCORES): $(IMAGES) $(RUN_DIR)/.make-score | $(PREPARED)
 	$(KG) score --run '$(RUN)' --work '$(WORK)' --device $(DEVICE) --out '$@' $(if $(REF_COUNT),--ref-count $(REF_COUNT)) \
-		$(if $(INCEPTION),--inception-weights '$(INCEPTION)') $(if $(DETECTOR),--detector '$(DETECTOR)')
+		$(if $(INCEPTION),--inception-weights '$(INCEPTION)') $(if $(DETECTOR),--detector '$(DETECTOR)') \
+		$(if $(FEATURES),--features '$(FEATURES)') $(if $(FEATURE_WEIGHTS),--feature-weights '$(FEATURE_WEIGHTS)')
 $(RUN_DIR)/.make-score: always
-	$(call remember,$@,INCEPTION=$(INCEPTION) DETECTOR=$(DETECTOR) REF_COUNT=$(REF_COUNT))
+	$(call remember,$@,INCEPTION=$(INCEPTION) DETECTOR=$(DETECTOR) REF_COUNT=$(REF_COUNT) FEATURES=$(FEATURES) FEATURE_WEIGHTS=$(FEATURE_WEIGHTS))
 
 # always runs: the feature index of the training data is cached, a query is seconds
 neighbours: $(if $(QUERY),$(INSTALLED),$(IMAGES)) | $(PREPARED)

@@ -51,8 +51,10 @@ from kaggle_gan.prepare import prepare  # noqa: E402
 from kaggle_gan.generate import generate  # noqa: E402
 from kaggle_gan.io import atomic_path  # noqa: E402
 from kaggle_gan.models import build_models  # noqa: E402
+from kaggle_gan.precision import Precision, choose_precision  # noqa: E402
 from kaggle_gan.runtime import available_cores, resolve_device  # noqa: E402
 from kaggle_gan.train import Trainer, epoch_order  # noqa: E402
+from flops import count_flops, matmul_peak  # noqa: E402
 from reference import ReferenceLoop, reference_generate  # noqa: E402
 
 DEV_ZIP = ROOT.parent / "shared" / "data" / "anime-faces-dev.zip"
@@ -203,16 +205,25 @@ class Result:
     windows: List[float]
     peak_mib: float = float("nan")
     ratio: float = float("nan")
+    gflop_per_img: float = float("nan")  # matrix products and convolutions of one training step (flops.py)
+    peak_gflops: float = float("nan")  # the device's matrix-multiply rate in the precision this pipeline computes in
+
+    @property
+    def achieved_gflops(self) -> float:
+        return self.gflop_per_img * self.img_per_s
 
 
 def bench_training(preset: str, args, device: torch.device, files: List[Path], prepared: Path, work: Path,
-                   memory: PeakMemory) -> List[Result]:
+                   memory: PeakMemory, peaks: Dict[Optional[torch.dtype], float]) -> List[Result]:
     overrides = {"train.batch_size": args.batch, "model.resolution": args.resolution, "train.seed": 2022}
     if args.width:
         overrides.update({"model.g_width": args.width, "model.d_width": args.width})
     steps, windows, warmup = args.steps, args.windows, args.warmup
     pipelines: Dict[str, Callable[[int], object]] = {}
     closers = []
+    cycle = resolve(preset).loss.n_critic  # steps with exactly one generator step among them
+    per_image = 1e9 * cycle * args.batch
+    work_done: Dict[str, tuple] = {}  # pipeline -> (GFLOP per image, peak GFLOP/s of its precision)
 
     cpu_memory = memory.kind != "cuda_allocated"
     if cpu_memory:
@@ -221,13 +232,14 @@ def bench_training(preset: str, args, device: torch.device, files: List[Path], p
     pipelines["reference"] = lambda n: [ref.step() for _ in range(n)]
     closers.append(ref.close)
     pipelines["reference"](warmup)  # warm-up: worker start-up, cudnn autotuning, allocator growth
+    work_done["reference"] = (count_flops(lambda: pipelines["reference"](cycle)) / per_image, peaks[None])
     if cpu_memory:
         memory.end()
     variants = {"ours": {"train.compile": args.compile}}
     if args.ablate:
         variants["ours, fast off"] = {"train.fast": False}
     if args.joint:
-        variants["ours, one critic pass"] = {"train.joint_critic": True}
+        variants["ours, two critic passes"] = {"train.joint_critic": False}
     for name, extra in variants.items():
         if cpu_memory:
             memory.begin(f"{preset}/{name}")
@@ -238,6 +250,11 @@ def bench_training(preset: str, args, device: torch.device, files: List[Path], p
         t.gan.D.train()
         pipelines[name] = Ours(t).steps
         pipelines[name](warmup)  # and compilation, when it is on
+        # the counter sees eager dispatch: a compiled pipeline is counted on an eager twin (same arithmetic)
+        counted = Ours(Trainer(resolve(preset, {**overrides, **extra, "train.compile": False}), prepared,
+                               work / "runs" / f"{preset}-flops", device=str(device), resume=False, progress=False)
+                       ).steps if t.cfg.train.compile else pipelines[name]
+        work_done[name] = (count_flops(lambda: counted(cycle)) / per_image, peaks[t.gan.precision.dtype])
         if cpu_memory:
             memory.end()
 
@@ -264,7 +281,7 @@ def bench_training(preset: str, args, device: torch.device, files: List[Path], p
     for n in names:
         med = statistics.median(rates[n])
         out.append(Result(f"train {preset}", n, med, rates[n], memory.peaks.get(f"{preset}/{n}", float("nan")),
-                          med / base))
+                          med / base, *work_done[n]))
     return out
 
 
@@ -318,13 +335,29 @@ def device_name(device: torch.device) -> str:
     return f"CPU {cpu}, {available_cores()} cores, {torch.get_num_threads()} threads"
 
 
-def report(results: List[Result], args, device: torch.device, memory: PeakMemory, seconds: float) -> str:
+def _num(x: float, digits: int):
+    return round(x, digits) if x == x else ""
+
+
+def device_peaks(device: torch.device) -> Dict[Optional[torch.dtype], float]:
+    """Matrix-multiply GFLOP/s in fp32 (None), and in the autocast precision our loop uses on a GPU."""
+    peaks = {None: matmul_peak(device)}
+    amp = choose_precision("auto", device).dtype
+    if amp is not None:
+        peaks[amp] = matmul_peak(device, amp)
+    return peaks
+
+
+def report(results: List[Result], args, device: torch.device, memory: PeakMemory, seconds: float,
+           peaks: Dict[Optional[torch.dtype], float]) -> str:
     import pandas as pd
 
     rows = [{
         "device": device_name(device), "task": r.task, "pipeline": r.pipeline,
         "img_per_s": round(r.img_per_s, 2), "ratio_vs_reference": round(r.ratio, 2) if r.ratio == r.ratio else "",
         f"peak_{memory.kind}_mib": round(r.peak_mib), "windows_img_per_s": " ".join(f"{x:.2f}" for x in r.windows),
+        "gflop_per_img": _num(r.gflop_per_img, 3), "achieved_gflops": _num(r.achieved_gflops, 1),
+        "share_of_peak": _num(r.achieved_gflops / r.peak_gflops, 3), "peak_gflops": _num(r.peak_gflops, 0),
         "batch": args.batch, "resolution": args.resolution, "steps_per_window": args.steps,
         "torch": torch.__version__,
     } for r in results]
@@ -332,9 +365,13 @@ def report(results: List[Result], args, device: torch.device, memory: PeakMemory
     csv = Path(args.csv)
     with atomic_path(csv, suffix=".csv") as tmp:
         df.to_csv(tmp, index=False)
-    shown = df[["task", "pipeline", "img_per_s", "ratio_vs_reference", f"peak_{memory.kind}_mib"]]
+    shown = df[["task", "pipeline", "img_per_s", "ratio_vs_reference", f"peak_{memory.kind}_mib",
+                "gflop_per_img", "achieved_gflops", "share_of_peak"]]
     text = (f"device: {device_name(device)}; torch {torch.__version__}; batch {args.batch}, {args.resolution}px; "
             f"{args.windows} windows of {args.steps} steps after {args.warmup} warm-up; {seconds:.0f} s in all\n"
+            f"matrix-multiply peak: " + ", ".join(f"{Precision(d).name} {v:.0f} GFLOP/s" for d, v in peaks.items())
+            + (" (fp32 as TF32, which cuDNN's fp32 convolutions use)" if device.type == "cuda" else "")
+            + " (share_of_peak: achieved / the peak of the pipeline's precision)\n"
             + shown.to_string(index=False) + f"\nwritten: {csv}")
     return text
 
@@ -353,8 +390,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="the reference DataLoader's workers (the sample's 2)")
     p.add_argument("--compile", action="store_true", help="our loop with train.compile=true")
     p.add_argument("--ablate", action="store_true", help="also time our loop with train.fast=false")
-    p.add_argument("--joint", action="store_true", help="also time our loop with train.joint_critic=true "
-                   "(real and fake in one critic pass; only differs for critics without batch norm)")
+    p.add_argument("--joint", action="store_true", help="also time our loop with train.joint_critic=false "
+                   "(real and fake in two critic passes; only differs for critics without batch norm)")
     p.add_argument("--data", default=str(DEV_ZIP), help="the dev zip of 96x96 faces, or 'synthetic'")
     p.add_argument("--images", type=int, default=10_000, help="faces to extract (and prepare)")
     p.add_argument("--count", type=int, default=1000, help="images to generate")
@@ -383,13 +420,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             prepared_result, prepared = [], work / "prepared"
             prepare(str(files[0].parent), prepared, size=args.resolution)
+        peaks = device_peaks(device)
         if "train" not in args.skip:
             for preset in args.presets:
-                results += bench_training(preset, args, device, files, prepared, work, memory)
+                results += bench_training(preset, args, device, files, prepared, work, memory, peaks)
         results += prepared_result
         if "generate" not in args.skip:
             results += bench_generation(args, device, work, memory)
-        print(report(results, args, device, memory, time.perf_counter() - began))
+        print(report(results, args, device, memory, time.perf_counter() - began, peaks))
     finally:
         memory.close()
         if not args.work:

@@ -4,7 +4,10 @@ Measures
 1. the first-time cost of reference statistics (Inception over the reference
    subsample plus the 1000 held-out real images of the floor), once;
 2. scoring 1000 64x64 images with cached statistics, end to end through
-   ``score()`` and by phase, as the median of ``--repeats`` runs;
+   ``score()`` and by phase, as the median of ``--repeats`` runs, including
+   what every metric beyond FID adds (KID, MiFID, precision/recall,
+   density/coverage: one feature pass, the real side cached), as a share of
+   FID alone (Inception + Frechet distance);
 3. the AFD calibration of the default cascade (real dev faces, noise, flat grey).
 
 Inception costs the same with random and published weights, so ``random:0``
@@ -61,7 +64,7 @@ def main(argv=None) -> None:
     import pandas as pd
     from PIL import Image
 
-    from kaggle_gan import afd, fid
+    from kaggle_gan import afd, fid, metrics
     from kaggle_gan.prepare import prepare
     from kaggle_gan.runtime import available_cores, resolve_device
     from kaggle_gan.score import load_image_folder, score
@@ -118,6 +121,11 @@ def main(argv=None) -> None:
         record("  Inception activations", med, args.count, runs, f"batch 32, {available_cores()} cores")
         med, runs, value = timed(lambda: fid.frechet_distance_to_features(feats, stats.mu, stats.sigma), args.repeats)
         record("  Frechet distance (float64, (N, N) route)", med, args.count, runs)
+        fid_alone = rows[-2]["median_s"] + rows[-1]["median_s"]
+        med, runs, _ = timed(lambda: metrics.all_metrics(feats, stats.real, value), args.repeats)
+        record("  KID, MiFID, precision/recall, density/coverage", med, args.count, runs,
+               f"against {ref} cached reference features")
+        extra = med / fid_alone
 
         # AFD calibration of the default cascade.
         calib = [("real dev faces", np.asarray(prepared.images))]
@@ -137,6 +145,7 @@ def main(argv=None) -> None:
           f"weights {args.weights}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (other jobs slow wall times)")
     print(table.to_string(index=False))
     print(f"\nFID of the {args.count} stand-in images: {value:.2f}; real floor {stats.floor:.2f}")
+    print(f"every metric beyond FID costs {100 * extra:.1f}% more than FID alone (Inception + Frechet distance)")
     print("\nAFD calibration (" + ", ".join(f"{k}={v}" for k, v in det.describe()["params"].items()) + ")")
     print(pd.DataFrame(afd_rows).to_string(index=False))
     table.to_csv(args.csv, index=False)

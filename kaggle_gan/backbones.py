@@ -18,7 +18,9 @@ from .io import UserError
 from .weights import ResolvedWeights, WeightsMissing, WeightsSpec, resolve_weights, search_dirs
 
 CLIP_MODEL = "vit_base_patch16_clip_224.openai"
-ALIASES = {"clip": CLIP_MODEL}
+DINOV2_MODEL = "vit_large_patch14_dinov2.lvd142m"  # FD_DINOv2's network (Stein et al. 2023), fed 224 px
+ALIASES = {"clip": CLIP_MODEL, "dinov2": DINOV2_MODEL}
+METRIC_NAMES = {DINOV2_MODEL: "FD_DINOv2", CLIP_MODEL: "FD_CLIP"}
 
 
 @dataclass
@@ -234,6 +236,58 @@ def load_backbone(
     if name == "inception":
         return _inception_backbone(resolved, device)
     return _timm_backbone(name, resolved, device, input_size)
+
+
+@dataclass(frozen=True)
+class FeatureWeights:
+    """A backbone's weights as the metrics see them: the identity also names the network and its preprocessing."""
+
+    resolved: ResolvedWeights
+    network: str
+
+    @property
+    def is_random(self) -> bool:
+        return self.resolved.is_random
+
+    @property
+    def seed(self) -> Optional[int]:
+        return self.resolved.seed
+
+    @property
+    def identity(self) -> str:
+        return f"{self.network}|{self.resolved.identity}"
+
+    def describe(self) -> dict:
+        return {**self.resolved.describe(), "network": self.network}
+
+
+class MetricFeatures:
+    """A named backbone as the feature network of FD, KID and the other metrics (``score --features NAME``).
+
+    Raw features (no unit length, no mirror averaging: the metrics' papers use
+    neither), ``(B, 3, H, W) uint8 -> (B, D)``. The label is ``FD_DINOv2``,
+    ``FD_CLIP`` or ``FD (NAME)``, with ``proxy`` and the seed for random weights.
+    """
+
+    def __init__(self, backbone: Backbone):
+        import json
+
+        self.backbone, self.device = backbone, backbone.device
+        pre = {k: v for k, v in backbone.preprocessing.items() if k != "mirror_average"}
+        self.weights = FeatureWeights(backbone.weights, f"{backbone.name} {json.dumps(pre, sort_keys=True)}")
+        name = METRIC_NAMES.get(backbone.name, f"FD ({backbone.name})")
+        self.label = f"proxy {name} (random:{self.weights.seed})" if self.weights.is_random else name
+
+    def __call__(self, x: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
+        return self.backbone.forward(x)
+
+
+def metric_features(name: str, weights: Union[str, Path, None] = None, device="cpu") -> MetricFeatures:
+    """``dinov2``, ``clip`` or a timm name as the metrics' feature network (DINOv2 at 224 px, as Stein et al.)."""
+    name = canonical_name(name)
+    if name == "inception":
+        raise UserError("--features inception is the default FID network: leave --features out")
+    return MetricFeatures(load_backbone(name, weights, device, input_size=224 if name == DINOV2_MODEL else None))
 
 
 def embed(images: np.ndarray, backbone: Backbone, batch_size: int = 64, desc: str = "features") -> np.ndarray:

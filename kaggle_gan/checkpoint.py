@@ -96,9 +96,11 @@ def save_checkpoint(state: Dict[str, Any], folder: Path, epoch_copy: Optional[in
     return folder / LAST
 
 
-def save_generator(weights: Dict[str, Any], config: Dict[str, Any], step: int, path: Path) -> Path:
-    """Export the generator used for sampling (``generator.pt``), atomically."""
-    state = _stamp({"format": GENERATOR_FORMAT, "version": __version__, "config": config, "step": step, "G": weights})
+def save_generator(weights: Dict[str, Any], config: Dict[str, Any], step: int, path: Path,
+                   extra: Optional[Dict[str, Any]] = None) -> Path:
+    """Export the generator used for sampling (``generator.pt``, ``best.pt`` with its ``extra`` scores), atomically."""
+    state = _stamp({"format": GENERATOR_FORMAT, "version": __version__, "config": config, "step": step, "G": weights,
+                    **(extra or {})})
     with atomic_path(path, suffix=".pt") as tmp:
         torch.save(state, tmp)
     return Path(path)

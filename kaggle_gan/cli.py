@@ -25,15 +25,20 @@ def _train(a):
 
     cfg = resolve(a.preset, parse_set(a.set))
     run = Path(a.work) / "runs" / check_run_name(a.run or a.preset)
-    train(cfg, Path(a.data or Path(a.work) / "data"), run, device=a.device, resume=a.resume, preset=a.preset)
+    evaluation = {"detector": a.detector, "inception_weights": a.inception_weights,
+                  "cache": Path(a.work) / "cache" / "fid"}
+    train(cfg, Path(a.data or Path(a.work) / "data"), run, device=a.device, resume=a.resume, preset=a.preset,
+          evaluation=evaluation)
 
 
 def _generate(a):
     from .generate import generate
 
-    source = Path(a.checkpoint) if a.checkpoint else Path(a.work) / "runs" / a.run
+    which = a.checkpoint if a.checkpoint in ("best", "last") else "best"
+    source = Path(a.checkpoint) if a.checkpoint not in ("best", "last") else Path(a.work) / "runs" / a.run
     out = Path(a.out) if a.out else Path(a.work) / "runs" / a.run / "images"
-    generate(source, out, n=a.count, seed=a.seed, size=a.size, device=a.device, quality=a.quality)
+    generate(source, out, n=a.count, seed=a.seed, size=a.size, device=a.device, quality=a.quality, checkpoint=which,
+             image_format=a.image_format)
 
 
 def _submit(a):
@@ -49,7 +54,8 @@ def _score(a):
 
     images = Path(a.images) if a.images else Path(a.work) / "runs" / (a.run or "strong") / "images"
     score(images, Path(a.data or Path(a.work) / "data"), Path(a.work), inception_weights=a.inception_weights,
-          detector=a.detector, device=a.device, ref_count=a.ref_count, run=a.run, out=a.out)
+          detector=a.detector, device=a.device, ref_count=a.ref_count, run=a.run, out=a.out,
+          features=a.features, feature_weights=a.feature_weights)
 
 
 def _neighbours(a):
@@ -143,20 +149,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", help="auto, cpu or cuda")
     s.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from the run's last checkpoint (default); --no-resume refuses a run that has one")
+    s.add_argument("--detector", help="cascade XML for the evaluation's AFD (train.eval_every; default: the cached one)")
+    s.add_argument("--inception-weights",
+                   help="Inception weights for the evaluation's KID/FID (default: the cached ones, else random:0)")
 
     s = command("generate", _generate, "draw images 1.jpg..N.jpg from a trained run")
     s.add_argument("--run", default="strong")
-    s.add_argument("--checkpoint", help="a generator.pt or checkpoint file instead of the run's")
+    s.add_argument("--checkpoint", default="best",
+                   help="best: the run's best.pt (the evaluation's best point) when it has one, else generator.pt; "
+                        "last: generator.pt (the end of training); or a generator/checkpoint file (default: best)")
     s.add_argument("--out", help="folder (default: WORK/runs/RUN/images)")
     s.add_argument("--count", type=int, default=1000)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--size", type=int, default=64, help="output side in pixels (default: %(default)s)")
     s.add_argument("--quality", type=int, default=85, help="JPEG quality (default: %(default)s)")
+    s.add_argument("--image-format", default="jpg", choices=("jpg", "png"),
+                   help="jpg (the homework) or png (competitions that ask for PNGs, e.g. Generative Dog Images)")
     s.add_argument("--device", default="auto")
 
     s = command("submit", _submit, "validate and pack images for the judge")
     s.add_argument("--run", default="strong")
-    s.add_argument("--images", help="folder of 1.jpg..N.jpg (default: WORK/runs/RUN/images)")
+    s.add_argument("--images", help="folder of 1.jpg..N.jpg or 1.png..N.png (default: WORK/runs/RUN/images)")
     s.add_argument("--out", help="archive path (default: submission/RUN/images.tgz)")
     s.add_argument("--format", default="tgz", choices=("tgz", "zip"))
     s.add_argument("--count", type=int, default=1000)
@@ -165,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--update", action="store_true", help="replace the archive if submit wrote it and it is unchanged "
                    "since (what make submit does after new images)")
 
-    s = command("score", _score, "FID and anime-face detection rate, with the homework's verdicts")
+    s = command("score", _score, "FID, KID, MiFID, precision/recall and the anime-face detection rate, with the "
+                "homework's verdicts")
     s.add_argument("--images", help="folder of images (default: WORK/runs/RUN/images)")
     s.add_argument("--run", help="run whose images to score (default: strong, unless --images is given)")
     s.add_argument("--data", help="prepared data folder (default: WORK/data)")
@@ -173,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--inception-weights", help="Inception weights file, or random:SEED for a proxy FID")
     s.add_argument("--detector", help="lbpcascade_animeface.xml path (offline machines)")
     s.add_argument("--ref-count", type=int, default=None, help="training images for the reference statistics")
+    s.add_argument("--features", help="feature network for every distance instead of Inception: dinov2 "
+                   "(FD_DINOv2), clip or a timm model name")
+    s.add_argument("--feature-weights", help="weights for --features: a file, or random:SEED (default: the "
+                   "Hugging Face / torch hub caches; never downloaded)")
     s.add_argument("--device", default="auto")
 
     s = command("neighbours", _neighbours, "nearest training images of generated ones: did the generator copy?")

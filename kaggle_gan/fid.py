@@ -22,6 +22,7 @@ import numpy as np
 from . import chunks
 from .chunks import chunked_rows
 from .io import atomic_path
+from .metrics import DC_K, RealSide, all_metrics
 from .weights import ResolvedWeights, WeightsSpec, resolve_weights
 
 FEATURE_DIM = 2048
@@ -43,7 +44,7 @@ SELECTION_SEED = 0
 # standard deviation to about +-13%.
 SD_ROUNDS = 30
 SD_MIN_IMAGES = 6  # below this, halves of 2 images say nothing: half_sample_sd gives None
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the reference features, their k-NN radii, KID's real terms and the held-out ceiling
 REFERENCE_CHUNK = 500  # images per saved chunk of reference features: about a minute of Inception on 2 CPU cores
 
 
@@ -168,20 +169,38 @@ def load_inception(
 
 # --- activations and statistics ----------------------------------------------
 
+def load_inception_or_proxy(weights: Optional[str], device, who: str) -> InceptionFeatures:
+    """The given weights; with None the cached real ones, else ``random:0`` (a proxy), said in one line by ``who``."""
+    from .weights import WeightsMissing
+
+    if weights is None:
+        try:
+            return load_inception(None, device)
+        except WeightsMissing:
+            print(f"{who}: no Inception weights found; using random:0. Its FID and KID are PROXIES, comparable "
+                  "only with other random:0 scores of the same data")
+            weights = "random:0"
+    return load_inception(weights, device)
+
+
 def activations(
-    images: np.ndarray, model: InceptionFeatures, batch_size: int = 32, desc: str = "inception"
+    images: np.ndarray, model: InceptionFeatures, batch_size: int = 32, desc: str = "inception", progress: bool = True
 ) -> np.ndarray:
-    """(N, H, W, 3) uint8 images -> (N, 2048) float64 features, in batches with a progress bar."""
+    """(N, H, W, 3) uint8 images -> (N, D) float64 features (D = 2048 for Inception), in batches with a progress bar."""
     import torch
     from tqdm.auto import tqdm
 
     if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
         raise ValueError(f"expected (N, H, W, 3) uint8 images, got {images.shape} {images.dtype}")
-    out = np.empty((len(images), FEATURE_DIM), dtype=np.float64)
-    for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False):
-        chunk = np.ascontiguousarray(images[start : start + batch_size])
-        x = torch.from_numpy(chunk).permute(0, 3, 1, 2)
-        out[start : start + len(chunk)] = model(x).cpu().double().numpy()
+    out: Optional[np.ndarray] = None
+    for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False, disable=not progress):
+        chunk = np.array(images[start : start + batch_size])  # writable: torch refuses read-only memory maps
+        f = model(torch.from_numpy(chunk).permute(0, 3, 1, 2)).cpu().double().numpy()
+        if out is None:  # 2048 for Inception; any width for another feature network
+            out = np.empty((len(images), f.shape[1]), dtype=np.float64)
+        out[start : start + len(chunk)] = f
+    if out is None:
+        raise ValueError("no images to compute features of")
     return out
 
 
@@ -291,6 +310,8 @@ class ReferenceStats:
     path: Path
     cache_hit: bool
     floor_sd: Optional[float] = None
+    real: Optional[RealSide] = None
+    ceiling: Optional[dict] = None
 
 
 def split_counts(n: int, ref_count: int, holdout: int = HOLDOUT) -> Tuple[int, int]:
@@ -299,6 +320,13 @@ def split_counts(n: int, ref_count: int, holdout: int = HOLDOUT) -> Tuple[int, i
         raise ValueError(f"need at least 4 prepared images for reference statistics, have {n}")
     hold = min(holdout, n // 2)
     return hold, max(2, min(ref_count, n - hold))
+
+
+def selection(n: int, ref_count: int, holdout: int = HOLDOUT) -> Tuple[np.ndarray, np.ndarray]:
+    """(held-out, reference) indices into ``n`` prepared images: a fixed permutation's first ``hold``, then ``ref``."""
+    hold, ref = split_counts(n, ref_count, holdout)
+    order = np.random.default_rng(SELECTION_SEED).permutation(n)
+    return np.sort(order[:hold]), np.sort(order[hold : hold + ref])
 
 
 def reference_key(
@@ -349,12 +377,9 @@ def reference_stats(
     path = Path(cache) / f"ref-{key}.npz"
     loaded = _load_cached(path, fields)
     if loaded is not None:
-        mu, sigma, floor, floor_sd = loaded
-        return ReferenceStats(mu, sigma, ref, hold, floor, key, fields, path, True, floor_sd)
+        return ReferenceStats(*loaded[:2], ref, hold, loaded[2], key, fields, path, True, *loaded[3:])
 
-    # A fixed permutation: the first `hold` images are the floor's, the next `ref` the reference.
-    order = np.random.default_rng(SELECTION_SEED).permutation(n)
-    hold_idx, ref_idx = np.sort(order[:hold]), np.sort(order[hold : hold + ref])
+    hold_idx, ref_idx = selection(n, ref_count, holdout)
     seen = view[1] if view else (lambda x: x)
     parts = Path(cache) / f"ref-{key}.parts"  # chunks of features: an interrupted run continues from them
 
@@ -365,29 +390,36 @@ def reference_stats(
                             parts / name, chunk, desc=desc)
         return rows.astype(np.float64)
 
-    mu, sigma = statistics(features(ref_idx, "reference", f"reference stats ({ref} images)"))
+    ref_feats = features(ref_idx, "reference", f"reference stats ({ref} images)")
+    mu, sigma = statistics(ref_feats)
     held = features(hold_idx, "holdout", f"real floor ({hold} images)")
     floor = frechet_distance_to_features(held, mu, sigma)
     floor_sd = half_sample_sd(held, mu, sigma)
+    real = RealSide.build(ref_feats)
+    # what real images score: held-out training images against the reference, every metric
+    ceiling = all_metrics(held, real, floor) if len(held) > DC_K else None
     extra = {} if floor_sd is None else {"floor_sd": np.float64(floor_sd)}
     with atomic_path(path, suffix=".npz") as tmp:
-        np.savez(tmp, mu=mu, sigma=sigma, floor=np.float64(floor), fields=json.dumps(fields, sort_keys=True), **extra)
+        np.savez(tmp, mu=mu, sigma=sigma, floor=np.float64(floor), fields=json.dumps(fields, sort_keys=True),
+                 ceiling=json.dumps(ceiling), **real.arrays(), **extra)
     chunks.remove(parts)
-    return ReferenceStats(mu, sigma, ref, hold, floor, key, fields, path, False, floor_sd)
+    return ReferenceStats(mu, sigma, ref, hold, floor, key, fields, path, False, floor_sd, real, ceiling)
 
 
-def _load_cached(path: Path, fields: dict) -> Optional[Tuple[np.ndarray, np.ndarray, float, Optional[float]]]:
+def _load_cached(path: Path, fields: dict) -> Optional[tuple]:
+    """(mu, sigma, floor, floor_sd, real side, ceiling) from a cache file whose key matches, else None."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
             stored = json.loads(str(z["fields"]))
             mu, sigma, floor = z["mu"], z["sigma"], float(z["floor"])
-            floor_sd = float(z["floor_sd"]) if "floor_sd" in z.files else None  # older caches lack it
+            floor_sd = float(z["floor_sd"]) if "floor_sd" in z.files else None
+            real, ceiling = RealSide.from_arrays(z), json.loads(str(z["ceiling"]))
     except Exception:  # truncated or foreign file: recompute and overwrite
         return None
-    if stored != fields or mu.shape != (FEATURE_DIM,) or sigma.shape != (FEATURE_DIM, FEATURE_DIM):
+    if stored != fields or mu.ndim != 1 or sigma.shape != (len(mu), len(mu)) or real is None:
         return None
     if not (np.isfinite(mu).all() and np.isfinite(sigma).all() and np.isfinite(floor)):
         return None
-    return mu, sigma, floor, floor_sd
+    return mu, sigma, floor, floor_sd, real, ceiling

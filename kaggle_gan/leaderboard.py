@@ -16,7 +16,9 @@ LEADERBOARD = "leaderboard.csv"
 LEADERBOARD_COLUMNS = [
     "scored_at", "run", "preset", "images", "n_images", "level", "afd", "fid_label", "fid",
     "fid_floor", "fid_sample", "fid_key", "detector", "scores",
+    "kid", "kid_sd", "mifid", "precision", "recall", "density", "coverage", "afd_real",
 ]
+METRIC_COLUMNS = ("kid", "kid_sd", "mifid", "precision", "recall", "density", "coverage")
 
 
 @contextlib.contextmanager
@@ -66,6 +68,8 @@ def record(work: Path, report: dict) -> None:
         "fid_key": fid.get("key", ""),
         "detector": f"{report['afd']['detector'].get('name')}:{str(report['afd']['detector'].get('sha256', ''))[:8]}",
         "scores": report["scores"],
+        **{k: report.get(k) for k in METRIC_COLUMNS},
+        "afd_real": (report.get("real_ceiling") or {}).get("afd"),
     }
     with _locked(work):
         table = read_table(work)
@@ -98,6 +102,11 @@ def leaderboard(work: Union[str, Path]) -> "pd.DataFrame":  # noqa: F821
     return table.drop(columns=["_level", "_proxy"]).reset_index(drop=True)
 
 
+def significant(x) -> str:
+    """Four significant digits, so a proxy FID of 0.0259 is not printed as 0.03; "-" for a missing value."""
+    return "-" if x is None or x != x else f"{float(x):.4g}"
+
+
 def format_leaderboard(table: "pd.DataFrame") -> str:  # noqa: F821
     """The printed leaderboard (``make leaderboard``): the columns a user compares, best first."""
     if table.empty:
@@ -105,8 +114,12 @@ def format_leaderboard(table: "pd.DataFrame") -> str:  # noqa: F821
     shown = table.assign(
         run=table.run.fillna("").astype(str).where(table.run.notna() & (table.run.astype(str) != ""), table.images),
         afd=table.afd.map(lambda x: f"{x:.3f}"),
-        fid=table.fid.map(lambda x: "-" if x != x else f"{x:.2f}"),
-        fid_floor=table.fid_floor.map(lambda x: "-" if x != x or x is None else f"{float(x):.2f}"),
-    )
-    cols = ["run", "preset", "level", "afd", "fid_label", "fid", "fid_floor", "n_images", "scored_at"]
+        fid=table.fid.map(significant),
+        fid_floor=table.fid_floor.map(significant),
+        kid=table.kid.map(lambda x: significant(x * 1000 if x == x and x is not None else None)),
+        precision=table.precision.map(significant),
+        recall=table.recall.map(significant),
+    ).rename(columns={"kid": "kid_x1000"})
+    cols = ["run", "preset", "level", "afd", "fid_label", "fid", "fid_floor", "kid_x1000", "precision", "recall",
+            "n_images", "scored_at"]
     return shown[cols].astype(object).fillna("").to_string(index=False)

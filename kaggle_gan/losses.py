@@ -64,6 +64,25 @@ def _scores(D: nn.Module, real: Tensor, fake: Tensor, ctx: StepContext) -> Tuple
         return D(real).float(), D(fake).float()
 
 
+DIAGNOSTICS = ("d_real_sd", "d_fake_sd", "d_sign_ok", "d_gap")
+
+
+def diagnostics(r: Tensor, f: Tensor) -> Dict[str, Tensor]:
+    """What a critic's raw scores say beyond the loss, from outputs the step already has (no extra pass).
+
+    ``d_real_sd`` and ``d_fake_sd``: the spread of the scores within a batch;
+    ``d_sign_ok``: the share of real scores above 0 and fake below 0 (half
+    each; for a Wasserstein critic only the gap means anything); ``d_gap``:
+    mean real minus mean fake score. A flat critic shows both spreads near 0,
+    ``d_sign_ok`` near 0.5 and a gap near 0 while the loss sits at its
+    equilibrium value (2 for hinge, log 2 for BCE).
+    """
+    # population sd (correction 0): a rank with one example under torchrun gives 0, not NaN
+    return {"d_real_sd": r.detach().std(correction=0), "d_fake_sd": f.detach().std(correction=0),
+            "d_sign_ok": ((r.detach() > 0).float().mean() + (f.detach() < 0).float().mean()) / 2,
+            "d_gap": (r.detach().mean() - f.detach().mean())}
+
+
 class BCELoss(GANLoss):
     """The sample's non-saturating GAN loss; D's loss is the mean of real and fake BCE."""
 
@@ -73,7 +92,8 @@ class BCELoss(GANLoss):
         r, f = _scores(D, real, fake, ctx)
         loss = (F.binary_cross_entropy_with_logits(r, torch.ones_like(r))
                 + F.binary_cross_entropy_with_logits(f, torch.zeros_like(f))) / 2
-        return loss, {"d_real": torch.sigmoid(r).mean().detach(), "d_fake": torch.sigmoid(f).mean().detach()}
+        return loss, {"d_real": torch.sigmoid(r).mean().detach(), "d_fake": torch.sigmoid(f).mean().detach(),
+                      **diagnostics(r, f)}
 
     def generator_loss(self, D, fake, ctx):
         with ctx.autocast():
@@ -92,7 +112,7 @@ class WGANLoss(GANLoss):
     def critic_loss(self, D, real, fake, ctx):
         r, f = _scores(D, real, fake, ctx)
         wdist = r.mean() - f.mean()
-        return -wdist, {"wdist": wdist.detach()}
+        return -wdist, {"wdist": wdist.detach(), **diagnostics(r, f)}
 
     def generator_loss(self, D, fake, ctx):
         with ctx.autocast():
@@ -155,7 +175,8 @@ class HingeLoss(GANLoss):
 
     def critic_loss(self, D, real, fake, ctx):
         r, f = _scores(D, real, fake, ctx)
-        return F.relu(1 - r).mean() + F.relu(1 + f).mean(), {"d_real": r.mean().detach(), "d_fake": f.mean().detach()}
+        return F.relu(1 - r).mean() + F.relu(1 + f).mean(), {"d_real": r.mean().detach(), "d_fake": f.mean().detach(),
+                                                               **diagnostics(r, f)}
 
     def generator_loss(self, D, fake, ctx):
         with ctx.autocast():

@@ -7,7 +7,7 @@ the sample's network (tests check the parameter counts).
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -119,12 +119,38 @@ class _UpBlock(nn.Module):
         super().__init__()
         self.main = nn.Sequential(
             nn.BatchNorm2d(c_in), nn.ReLU(), nn.Upsample(scale_factor=2, mode="nearest"),
-            nn.Conv2d(c_in, c_out, 3, 1, 1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.Conv2d(c_out, c_out, 3, 1, 1),
+            # no bias: the batch norm after it subtracts any per-channel constant, so Adam would only
+            # move a bias that changes nothing (the race at 32px, README)
+            nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
+            nn.Conv2d(c_out, c_out, 3, 1, 1),
         )
         self.skip = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 1))
+        self.register_load_state_dict_pre_hook(_fold_legacy_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.main(x) + self.skip(x)
+
+
+LEGACY_BIAS = "main.3.bias"  # _UpBlock's first convolution had a bias in checkpoints before 2026-12
+
+
+def _fold_legacy_bias(module: nn.Module, state: Dict[str, torch.Tensor], prefix: str, *_args) -> None:
+    """Load an older checkpoint's block: fold its first convolution's bias into the next batch norm.
+
+    In training mode the batch norm removes the bias exactly; in eval mode
+    ``(x + b - mean) / s`` equals ``(x - (mean - b)) / s``, so subtracting the
+    bias from the running mean gives the same outputs without it.
+    """
+    bias = state.pop(prefix + LEGACY_BIAS, None)
+    mean = prefix + "main.4.running_mean"
+    if bias is not None and mean in state:
+        state[mean] = state[mean] - bias
+
+
+def legacy_bias_keys(G: nn.Module, state: Dict[str, torch.Tensor]) -> List[str]:
+    """The biases in an older checkpoint of ``G`` (a state dict) that ``G`` no longer has."""
+    own = G.state_dict()
+    return [k for k in state if k.endswith("." + LEGACY_BIAS) and k not in own]
 
 
 class _DownBlock(nn.Module):

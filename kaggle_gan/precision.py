@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Optional
+from typing import Dict, List, Optional
 
 import torch
 
@@ -42,3 +42,17 @@ def make_optimizer(params, cfg: Config, lr: float, device: torch.device) -> torc
         return torch.optim.Adam(params, lr=lr, betas=(o.beta1, o.beta2), **kw)
     kw.pop("fused", None)
     return torch.optim.RMSprop(params, lr=lr, foreach=cfg.train.fast)
+
+
+def drop_parameters(state: Dict, names: List[str], dropped: List[str]) -> Dict:
+    """An optimiser's ``state_dict`` without the parameters named in ``dropped``.
+
+    ``names`` are the parameter names in the order the optimiser was given
+    them (one parameter group); the kept ones are renumbered in that order, so
+    a checkpoint of a model that has since lost parameters loads into an
+    optimiser of today's model with every other moment estimate intact.
+    """
+    keep = [i for i, n in enumerate(names) if n not in dropped]
+    (group,) = state["param_groups"]
+    return {"state": {new: state["state"][old] for new, old in enumerate(keep) if old in state["state"]},
+            "param_groups": [{**group, "params": list(range(len(keep)))}]}

@@ -7,7 +7,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from .io import UserError, atomic_path
 
@@ -85,9 +85,10 @@ class LossWindow:
 
     def __init__(self, skip_overflow: bool, step: int = 0):
         self.skip_overflow = skip_overflow
-        self._restart(step)
+        self.restart(step)
 
-    def _restart(self, step: int) -> None:
+    def restart(self, step: int) -> None:
+        """An empty window from now, at ``step``."""
         self.sums: Dict[str, "torch.Tensor"] = {}  # noqa: F821
         self.counts: Dict[str, object] = {}  # ints, or tensors when overflowing steps are skipped
         self.started, self.first_step = time.perf_counter(), step
@@ -108,20 +109,25 @@ class LossWindow:
         """The window's means (still on the device), its seconds and its steps; a fresh window starts at ``step``."""
         means = {k: self.sums[k] / self.counts[k] for k in self.sums}
         seconds, steps = time.perf_counter() - self.started, step - self.first_step
-        self._restart(step)
+        self.restart(step)
         return means, seconds, steps
+
+    def exclude(self, seconds: float) -> None:
+        """Leave ``seconds`` of other work (an evaluation) out of the window's time."""
+        self.started += seconds
 
 
 class RunLog:
-    """``log.csv``, truncated to the resumed step so a resumed run's curve has no duplicates."""
+    """A run's CSV (``log.csv``, ``metrics.csv``), truncated to the resumed step so a resumed curve has no
+    duplicates; a row with a new column rewrites the header."""
 
-    def __init__(self, path: Path, step: int):
+    def __init__(self, path: Path, step: int, fields: Optional[List[str]] = None):
         self.path = path
         rows = []
         if path.is_file():
             with open(path, newline="") as fh:
                 rows = [r for r in csv.DictReader(fh) if _step_of_row(r) <= step]
-        self.fields = list(LOG_FIELDS)
+        self.fields = list(fields or LOG_FIELDS)
         for r in rows:
             self.fields += [k for k in r if k not in self.fields]
         with atomic_path(path) as tmp:
@@ -132,8 +138,10 @@ class RunLog:
         self.fh = open(path, "a", newline="")
 
     def write(self, step, epoch, kimg, seconds, rate, means: Dict[str, float]) -> None:
-        row = {"step": step, "epoch": round(epoch, 4), "kimg": round(kimg, 3), "seconds": round(seconds, 2),
-               "img_per_s": round(rate, 1), **{k: f"{v:.6g}" for k, v in means.items()}}
+        self.append({"step": step, "epoch": round(epoch, 4), "kimg": round(kimg, 3), "seconds": round(seconds, 2),
+                     "img_per_s": round(rate, 1), **{k: f"{v:.6g}" for k, v in means.items()}})
+
+    def append(self, row: Dict) -> None:
         if any(k not in self.fields for k in row):  # a new statistic: rewrite the header
             self.fh.close()
             self.fields += [k for k in row if k not in self.fields]
@@ -165,8 +173,12 @@ def plot_losses(log_csv: Path, out_png: Path) -> Optional[Path]:
     df = pd.read_csv(log_csv)
     if df.empty:
         return None
-    extras = [c for c in df.columns if c not in LOG_FIELDS]
-    fig, axes = plt.subplots(1, 2 if extras else 1, figsize=(11 if extras else 6, 4), squeeze=False)
+    from .losses import DIAGNOSTICS
+
+    diagnostics = [c for c in df.columns if c in DIAGNOSTICS]
+    extras = [c for c in df.columns if c not in LOG_FIELDS and c not in DIAGNOSTICS]
+    panels = 1 + bool(extras) + bool(diagnostics)
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
     for col in ("d_loss", "g_loss"):
         if col in df:
             axes[0][0].plot(df.kimg, df[col], label=col)
@@ -177,6 +189,12 @@ def plot_losses(log_csv: Path, out_png: Path) -> Optional[Path]:
     if extras:
         axes[0][1].set(xlabel="thousand images shown to the critic", title="critic statistics")
         axes[0][1].legend()
+    for col in diagnostics:
+        axes[0][-1].plot(df.kimg, df[col], label=col)
+    if diagnostics:  # README: a flat critic has both sds near 0, d_sign_ok near 0.5 and d_gap near 0
+        axes[0][-1].set(xlabel="thousand images shown to the critic", title="critic diagnostics (flat: all near 0, "
+                        "sign_ok 0.5)")
+        axes[0][-1].legend()
     fig.tight_layout()
     with atomic_path(out_png, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=100)

@@ -14,7 +14,6 @@ once a sample-code run has been scored, that run's FID.
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 import time
 from collections import Counter
@@ -25,7 +24,7 @@ import numpy as np
 
 from . import __version__
 from .io import UserError, atomic_path, read_json, write_json
-from .leaderboard import read_table, record
+from .leaderboard import METRIC_COLUMNS, read_table, record, significant
 from .submit import HW6_COUNT as SUBMISSION_COUNT
 
 # (level, judge FID <=, AFD >=) from the homework slides; FID on the judge's own scale.
@@ -71,8 +70,12 @@ def load_image_folder(folder: Path, size: int, resample: str = "bilinear") -> Tu
 
 # --- verdicts and anchors --------------------------------------------------------
 
-def verdicts(afd: float, n_images: int) -> dict:
-    """Per level: its thresholds, whether the AFD passes, and ``pass`` (AFD and a 1000-image count)."""
+def verdicts(afd: float, n_images: int, real_afd: Optional[float] = None) -> dict:
+    """Per level: its thresholds, whether the AFD passes, and ``pass`` (AFD and a 1000-image count).
+
+    ``detector_limited`` marks a level whose AFD bar is above the detector's
+    rate on held-out real training images: there real faces would fail too.
+    """
     out = {}
     for name, fid_max, afd_min in LEVELS:
         afd_ok = bool(afd >= afd_min)
@@ -81,6 +84,7 @@ def verdicts(afd: float, n_images: int) -> dict:
             "afd_min": afd_min,
             "afd_pass": afd_ok,
             "pass": afd_ok and n_images == SUBMISSION_COUNT,
+            "detector_limited": real_afd is not None and real_afd < afd_min,
         }
     return out
 
@@ -147,26 +151,28 @@ def _default_out(work: Path, images_dir: Path) -> Path:
     return work / "scores" / f"{stem}-{digest}" / "scores.json"
 
 
-def _fmt(x: Optional[float], digits: int = 2) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
 def report_table(report: dict) -> "pd.DataFrame":  # noqa: F821
     """One row: image count, FID and its anchors, AFD, and pass/fail per homework level."""
     import pandas as pd
 
     fid = report["fid"]
     label = fid.get("label", "FID")
+    kid = report.get("kid")
     row = {
         "images": report["n_images"],
-        label: _fmt(fid.get("value")) if fid["status"] == "ok" else "skipped",
-        "real floor": _fmt(fid.get("anchors", {}).get("real_floor")),
-        "sample code": _fmt(fid.get("anchors", {}).get("sample_code")),
+        label: significant(fid.get("value")) if fid["status"] == "ok" else "skipped",
+        "real floor": significant(fid.get("anchors", {}).get("real_floor")),
+        "sample code": significant(fid.get("anchors", {}).get("sample_code")),
+        "KID x1000": "-" if kid is None else f"{significant(kid * 1000)} +- {significant(report['kid_sd'] * 1000)}",
+        "MiFID": significant(report.get("mifid")),
+        "precision": significant(report.get("precision")),
+        "recall": significant(report.get("recall")),
         "AFD": f"{report['afd']['rate']:.3f}",
     }
     for name, _, _ in LEVELS:
         v = report["verdicts"][name]
-        row[name] = "pass" if v["pass"] else ("fail (count)" if v["afd_pass"] else "fail")
+        row[name] = ("pass" if v["pass"] else "fail (count)" if v["afd_pass"]
+                     else "fail (detector)" if v.get("detector_limited") else "fail")
     return pd.DataFrame([row])
 
 
@@ -183,6 +189,8 @@ def score(
     *,
     inception_sha256: Optional[str] = None,
     quiet: bool = False,
+    features: Optional[str] = None,
+    feature_weights: Union[str, Path, None] = None,
 ) -> dict:
     """Score a folder of images against the prepared training data; write and print the report.
 
@@ -208,6 +216,10 @@ def score(
         inception_sha256: expected sha256 (or prefix) of the weights file, for files other than
             the published one.
         quiet: do not print the table.
+        features: another feature network for every distance instead of Inception: ``dinov2``
+            (FD_DINOv2, which Stein et al. 2023 found to track human judgement better), ``clip`` or a timm
+            model name, with ``feature_weights`` (None: the user's caches; a path; ``random:SEED``).
+            The reference statistics are cached per network.
 
     Returns:
         The report written to ``scores.json``.
@@ -215,6 +227,7 @@ def score(
     from . import afd as afd_mod
     from . import fid as fid_mod
     from .data import load_prepared
+    from .metrics import DC_K, all_metrics
     from .runtime import resolve_device
     from .weights import WeightsMissing
 
@@ -233,9 +246,14 @@ def score(
     notes: List[str] = []
     dev = resolve_device(device)
     try:
-        model = fid_mod.load_inception(inception_weights, dev, sha256=inception_sha256)
+        if features and features.lower() != "inception":  # a network the user named: missing weights are an error
+            from .backbones import metric_features
+
+            model = metric_features(features, feature_weights, dev)
+        else:
+            model = fid_mod.load_inception(inception_weights, dev, sha256=inception_sha256)
     except WeightsMissing as err:
-        if inception_weights is not None:  # a path the user typed is a mistake to fix, not a reason to skip
+        if inception_weights is not None or features:  # what the user typed is a mistake to fix, not a reason to skip
             raise
         model = None
         notes.append(f"FID skipped: {err}")
@@ -251,11 +269,22 @@ def score(
         notes.append(f"images are {w}x{h}: resized to {size}x{size} like the training data before scoring")
 
     afd = afd_mod.detection_rate(images, det, names, progress=not quiet)
+    ceiling: dict = {"afd": None}  # the detector's rate on held-out real images (from 4 prepared images up)
+    if len(prepared.images) >= 4:
+        holdout = fid_mod.selection(len(prepared.images), ref_count)[0]
+        ceiling["afd"] = afd_mod.real_rate(prepared.images, prepared.meta["images_sha256"], holdout, det,
+                                           work / "cache" / "fid", progress=not quiet)
+    more: dict = dict.fromkeys(METRIC_COLUMNS + ("memorisation_distance",))
     fid_report: dict = {"status": "skipped", "label": "FID", "resize_policy": fid_mod.RESIZE_POLICY}
     if model is not None:
         ref = fid_mod.reference_stats(prepared.images, prepared.meta["images_sha256"], model, work / "cache" / "fid", ref_count)
         feats = fid_mod.activations(images, model, desc=f"scoring ({len(images)} images)")
         value = fid_mod.frechet_distance_to_features(feats, ref.mu, ref.sigma)
+        if len(feats) > DC_K:  # one feature pass, every number
+            more = all_metrics(feats, ref.real, value)
+        else:
+            notes.append(f"KID, MiFID, precision/recall and density/coverage skipped: they need more than {DC_K} images")
+        ceiling.update(ref.ceiling or {})
         fid_key = f"{model.weights.identity}|{ref.key}"
         sample, sample_run = _sample_anchor(work, fid_key)
         fid_report = {
@@ -278,14 +307,19 @@ def score(
         }
         if model.weights.is_random:
             notes.append(
-                f"{model.label}: random Inception weights, comparable only with proxies of seed {model.weights.seed}"
+                f"{model.label}: random weights, comparable only with proxies of the same network and seed"
             )
         if sample is None:
             notes.append(
                 f"no sample-code anchor yet: train and score the run {SAMPLE_CODE_NAMES[0]!r} (preset baseline) "
                 "with the same weights"
             )
-    v = verdicts(afd.rate, len(images))
+    v = verdicts(afd.rate, len(images), ceiling["afd"])
+    limited = [name for name in v if v[name]["detector_limited"]]
+    if limited:  # implies a measured ceiling
+        notes.append(f"the detector finds a face in only {ceiling['afd']:.1%} of held-out real training images, "
+                     f"below the AFD bar of {', '.join(limited)}: there the detector, not the generator, is the "
+                     f"limit; read AFD against that rate (ratio {afd.rate / max(ceiling['afd'], 1e-9):.2f})")
     report = {
         "version": __version__,
         "scored_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -297,6 +331,9 @@ def score(
         "image_size": size_note["original_size"],
         "afd": {"rate": afd.rate, "detected": int(afd.table.detected.sum()), "detector": afd.detector, "csv": str(csv_path)},
         "fid": fid_report,
+        **more,
+        "features": fid_report["label"],
+        "real_ceiling": ceiling,
         "verdicts": v,
         "level": best_level(v),
         "notes": notes,
@@ -325,7 +362,11 @@ def render(report: dict) -> str:
             f"{fid['label']} {fid['value']:.2f}{sd} (real-data floor {floor}{where}); "
             f"judge FID limits are on another scale ({fid['resize_policy']}, {fid['reference']['count']} reference images)"
         )
-    lines.append(f"AFD: {report['afd']['detected']}/{report['n_images']} images with a face ({report['afd']['detector']['name']})")
+    real = report["real_ceiling"]["afd"]
+    ceiling = "" if real is None else f"; held-out real training images: {real:.3f}" + (
+        f", ratio {report['afd']['rate'] / real:.2f}" if real else "")
+    lines.append(f"AFD: {report['afd']['detected']}/{report['n_images']} images with a face "
+                 f"({report['afd']['detector']['name']}){ceiling}")
     lines += [f"note: {n}" for n in report["notes"]]
     lines.append(f"report: {report['scores']}")
     return "\n".join(lines)

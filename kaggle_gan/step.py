@@ -33,8 +33,8 @@ from .config import Config
 from .data import Batch
 from .ema import EMA
 from .losses import StepContext, build_loss
-from .models import bind, build_models
-from .precision import choose_precision, make_optimizer
+from .models import bind, build_models, legacy_bias_keys
+from .precision import choose_precision, drop_parameters, make_optimizer
 from .runtime import random_state, set_random_state
 
 
@@ -153,6 +153,10 @@ class GANStep:
         }
 
     def load_state_dict(self, state: Dict) -> None:
+        dropped = legacy_bias_keys(self.G, state["G"])
+        if dropped:  # a ResNet generator's checkpoint from before its first convolutions lost their bias
+            names = [k for k in state["G"] if k in dict(self.G.named_parameters()) or k in dropped]
+            state = {**state, "opt_G": drop_parameters(state["opt_G"], names, dropped)}
         self.G.load_state_dict(state["G"])
         self.D.load_state_dict(state["D"])
         if self.ema:

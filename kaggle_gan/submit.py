@@ -1,7 +1,9 @@
 """Validate a folder of generated images and pack it the way the homework's judge expects.
 
 HW6: exactly ``1.jpg ... 1000.jpg``, 64x64, packed flat (no folder) as
-``images.tgz``, under 2 MB. Kaggle-style competitions take a zip instead.
+``images.tgz``, under 2 MB. Kaggle-style competitions take a zip instead,
+sometimes of PNGs (Generative Dog Images: 10,000 64x64 PNGs in ``images.zip``):
+a folder of ``1.png ...`` is packed as PNGs.
 """
 from __future__ import annotations
 
@@ -25,7 +27,9 @@ def validate(folder: Path, count: int = 1000, size: int = 64) -> List[Path]:
     if not folder.is_dir():
         raise UserError(f"no image folder at {folder}; run `make generate` first")
     present = {p.name: p for p in folder.iterdir() if not p.name.startswith(".")}
-    wanted = [f"{i}.jpg" for i in range(1, count + 1)]
+    ext = "png" if "1.png" in present and "1.jpg" not in present else "jpg"  # what generate --image-format wrote
+    kind = {"jpg": "JPEG", "png": "PNG"}[ext]
+    wanted = [f"{i}.{ext}" for i in range(1, count + 1)]
     problems = []
     missing = [n for n in wanted if n not in present]
     extra = sorted(set(present) - set(wanted))
@@ -44,8 +48,8 @@ def validate(folder: Path, count: int = 1000, size: int = 64) -> List[Path]:
         except Exception as err:
             bad.append(f"{name}: unreadable ({type(err).__name__})")
             continue
-        if fmt != "JPEG":
-            bad.append(f"{name}: {fmt}, not JPEG")
+        if fmt != kind:
+            bad.append(f"{name}: {fmt}, not {kind}")
         elif dims != (size, size):
             bad.append(f"{name}: {dims[0]}x{dims[1]}, not {size}x{size}")
         elif mode != "RGB":
@@ -54,7 +58,7 @@ def validate(folder: Path, count: int = 1000, size: int = 64) -> List[Path]:
         problems.append(f"{len(bad)} bad images ({'; '.join(bad[:3])})")
     if problems:
         raise UserError(f"{folder} is not a valid submission: " + "; ".join(problems)
-                        + f". Expected exactly {count} {size}x{size} JPEGs named 1.jpg..{count}.jpg")
+                        + f". Expected exactly {count} {size}x{size} {kind}s named 1.{ext}..{count}.{ext}")
     return [present[n] for n in wanted]
 
 
@@ -96,7 +100,7 @@ def pack(folder: Path, out: Path, fmt: str = "tgz", count: int = 1000, size: int
                 for f in files:
                     tar.add(f, arcname=f.name, recursive=False)
         else:
-            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:  # JPEGs do not compress further
+            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:  # JPEGs and PNGs do not compress further
                 for f in files:
                     zf.write(f, arcname=f.name)
     with atomic_path(_digest_file(out)) as tmp:

@@ -29,14 +29,15 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Union
 
 import torch
-from torch import nn
 
 from . import __version__
 from . import distributed
 from .checkpoint import candidates, check_compatible, load_latest, save_checkpoint, save_generator
 from .config import Config, validate
 from .data import Batch, Source, open_images
+from .evaluate import Evaluator
 from .io import RunLock, UserError, write_json
+from .losses import DIAGNOSTICS
 from .models import bind, evaluating
 from .runlog import Interrupted, LossWindow, RunLog, StopRequests, check_finite, plot_losses
 from .runtime import random_state, resolve_device, set_random_state
@@ -69,9 +70,10 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config, data: Union[str, Path, Source], run_dir: Path, device: str = "auto",
-                 resume: bool = True, progress: bool = True, preset: str = ""):
+                 resume: bool = True, progress: bool = True, preset: str = "", evaluation: Optional[Dict] = None):
         validate(cfg)
         self.cfg, self.run_dir, self.progress, self.preset = cfg, Path(run_dir), progress, preset
+        self.evaluation = (evaluation, Path(data)) if evaluation is not None and isinstance(data, (str, Path)) else None
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.world = distributed.current()  # several ranks under torchrun; only rank 0 writes
         self.device = distributed.local_device(resolve_device(device), self.world)
@@ -137,10 +139,8 @@ class Trainer:
     # --- the loop ------------------------------------------------------------------
 
     def _batch(self, order: torch.Tensor, position: int) -> Batch:
-        B = self.cfg.train.batch_size
-        index = order[position * B : (position + 1) * B]
-        # every rank draws for the global batch (keeping RNG states equal) and keeps its slice
-        return self.data.batch(index, self.gen, self.world.share(B))
+        B = self.cfg.train.batch_size  # every rank draws for the global batch (equal RNG states), keeps its slice
+        return self.data.batch(order[position * B : (position + 1) * B], self.gen, self.world.share(B))
 
     def _next_batch(self) -> Batch:
         epoch, position = divmod(self.step, self.steps_per_epoch)
@@ -150,16 +150,11 @@ class Trainer:
         return self._batch(self._order, position)
 
     def train_step(self, batch: Union[Batch, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """One critic step, and a generator step every ``loss.n_critic`` critic steps, on the source's
-        :class:`~kaggle_gan.data.Batch` (real (B, 3, R, R) in [-1, 1] or (B, 2) points, labels or None; a bare
-        tensor is an unlabelled batch). Detached 0-d statistics, still on the device."""
+        """A critic step, and a generator step every ``loss.n_critic``, on a :class:`~kaggle_gan.data.Batch`
+        (or a bare tensor: unlabelled). Detached 0-d statistics, still on the device."""
         if isinstance(batch, torch.Tensor):
             batch = Batch(batch)
         return self.gan(batch, generator_turn=(self.step + 1) % self.cfg.loss.n_critic == 0)
-
-    def sampler(self) -> nn.Module:
-        """The generator used for pictures and generation: the EMA copy when there is one."""
-        return self.gan.sampler()
 
     def hooks(self, log: Optional[RunLog], window: LossWindow, bar) -> List[Hook]:
         """The periodic work after a step, in order: log row, sample grid, checkpoint (every epoch, every
@@ -176,7 +171,10 @@ class Trainer:
             if log:
                 log.write(self.step, self.step / self.steps_per_epoch, self.step * t.batch_size / 1000,
                           self.elapsed, rate, means)
-            bar.set_postfix({k: f"{v:.3f}" for k, v in means.items()} | {"img/s": f"{rate:.0f}"})
+            bar.set_postfix({k: f"{v:.3f}" for k, v in means.items() if k not in DIAGNOSTICS} | {"img/s": f"{rate:.0f}"})
+
+        evaluator = Evaluator.for_run(self)  # may compute reference statistics: not training time
+        window.restart(self.step)
 
         def checkpoint(end: bool) -> None:
             self.save(epoch_copy=self.step // self.steps_per_epoch if end and t.keep_epochs else None)
@@ -189,6 +187,8 @@ class Trainer:
             Hook("log", lambda end: self.step % t.log_every == 0 or end or final(), log_row),
             Hook("samples", lambda end: bool(t.sample_every and self.step % t.sample_every == 0) or end,
                  lambda end: self.sample_grid()),
+            Hook("evaluate", lambda end: evaluator is not None and (self.step % evaluator.every == 0 or final()),
+                 lambda end: window.exclude(evaluator.run(self.step, self.gan, bar)["eval_s"])),
             Hook("checkpoint", lambda end: end or final() or time.monotonic() - last_checkpoint[0] > t.ckpt_minutes * 60,
                  checkpoint),
         ]
@@ -242,7 +242,7 @@ class Trainer:
             log.close()
             self.sample_grid(name="final")
             plot_losses(self.run_dir / "log.csv", self.run_dir / "loss.png")
-            save_generator(self.sampler().state_dict(), self.cfg.to_dict(), self.step, out)
+            save_generator(self.gan.sampler().state_dict(), self.cfg.to_dict(), self.step, out)
             print(f"train: finished {self.step} steps; generator at {out}")
         distributed.barrier(self.world)  # the other ranks return once generator.pt exists
         return out
@@ -255,19 +255,22 @@ class Trainer:
         if not self.world.is_main:
             return path
         z, labels = self.data.fixed_inputs(self.cfg.model.z_dim, self.cfg.train.seed + 1)
-        with evaluating(self.sampler(), self.gan.D) as (G, D):
+        with evaluating(self.gan.sampler(), self.gan.D) as (G, D):
             self.data.picture(bind(G, None if labels is None else labels.to(self.device))(z.to(self.device)), D, path)
         return path
 
 
 def train(cfg: Config, data: Union[str, Path, Source], run_dir: Path, device: str = "auto", resume: bool = True,
-          progress: bool = True, preset: str = "") -> Path:
+          progress: bool = True, preset: str = "", evaluation: Optional[Dict] = None) -> Path:
     """Train (or resume) the run in ``run_dir`` on prepared data (or a source); returns the path of ``generator.pt``.
 
     The run folder is locked first, so a second ``train`` of the same run is refused before it reads
     anything. ``preset`` names the recipe in ``config.json`` (the leaderboard shows it). Under
     ``torchrun`` each process joins the group, trains its share of every batch, and only rank 0 writes.
+    ``evaluation`` turns on the evaluation that ``train.eval_every`` asks for, with the options of
+    :class:`kaggle_gan.evaluate.Evaluator` (detector, inception_weights, cache; ``{}`` for the defaults);
+    None (the default for callers of this function; the CLI always passes it) evaluates nothing.
     """
     with distributed.process_group(device):
         with RunLock(run_dir) if distributed.current().is_main else contextlib.nullcontext():
-            return Trainer(cfg, data, run_dir, device, resume, progress, preset).run()
+            return Trainer(cfg, data, run_dir, device, resume, progress, preset, evaluation).run()

@@ -115,3 +115,15 @@ def test_cached_cascade_is_used_without_network(monkeypatch, tmp_path):
     shutil.copy(CASCADE, tmp_path / "detectors" / afd.CASCADE_FILENAME)
     det = afd.make_detector(None)
     assert det.describe()["file"] == str(tmp_path / "detectors" / afd.CASCADE_FILENAME)
+
+
+def test_opencv_5_without_cascade_detectors_is_one_line_naming_the_fix(tmp_path, monkeypatch):
+    """OpenCV 5 removed CascadeClassifier: a clear error, not an AttributeError deep in a run."""
+    import cv2
+
+    monkeypatch.delattr(cv2, "CascadeClassifier")
+    xml = tmp_path / "cascade.xml"
+    xml.write_text("<opencv_storage></opencv_storage>")
+    with pytest.raises(UserError, match=r"has no CascadeClassifier .*opencv-python-headless<5") as err:
+        afd.make_detector(str(xml))
+    assert "\n" not in str(err.value)

@@ -158,3 +158,69 @@ def test_a_boss_step_changes_both_networks(prepared, tmp_path):
     t.train_step(t._batch(torch.randperm(len(t.data)), 0))
     after = list(itertools.chain(t.gan.G.parameters(), t.gan.D.parameters()))
     assert sum(not torch.equal(x, y) for x, y in zip(before, after)) > len(before) // 2
+
+
+def test_resnet_generator_convolutions_that_feed_a_batch_norm_have_no_bias():
+    G = ResNetGenerator(16, 8, 32)
+    blocks = list(G.blocks)
+    assert blocks and all(b.main[3].bias is None and isinstance(b.main[4], nn.BatchNorm2d) for b in blocks)
+    assert all(b.main[6].bias is not None for b in blocks)  # it feeds the residual sum, not a batch norm
+
+
+def _with_legacy_biases(G: ResNetGenerator) -> ResNetGenerator:
+    """G as earlier versions built it: the first convolution of each block with a (random) bias."""
+    for b in G.blocks:
+        conv = b.main[3]
+        old = nn.Conv2d(conv.in_channels, conv.out_channels, 3, 1, 1)
+        with torch.no_grad():
+            old.weight.copy_(conv.weight)
+            old.bias.normal_(0, 0.5)
+        b.main[3] = old
+    return G
+
+
+def test_an_older_generator_checkpoint_loads_and_draws_the_same_images():
+    torch.manual_seed(0)
+    old = _with_legacy_biases(ResNetGenerator(16, 8, 32))
+    for _ in range(3):  # running statistics that include the biases
+        old(torch.randn(8, 16))
+    z = torch.randn(5, 16)
+    want = old.eval()(z)
+    G = ResNetGenerator(16, 8, 32)
+    G.load_state_dict(old.state_dict())  # strict: the biases are folded into the running means
+    assert torch.allclose(G.eval()(z), want, atol=1e-5)
+    shifted = ResNetGenerator(16, 8, 32)  # without the fold, the outputs would differ
+    state = {k: v for k, v in old.state_dict().items() if not k.endswith("main.3.bias")}
+    shifted.load_state_dict(state)
+    assert not torch.allclose(shifted.eval()(z), want, atol=1e-3)
+
+
+def test_an_older_boss_checkpoint_resumes_with_its_adam_moments(prepared, tmp_path):
+    t = Trainer(resolve("boss", TINY), prepared, tmp_path / "s", device="cpu", progress=False)
+    for i in range(2):
+        t.train_step(t._batch(torch.arange(len(t.data)), i))
+    state = t.gan.state_dict()
+    # the same state as an older version wrote it: a bias after each block's first conv weight, with Adam moments
+    names = [n for n, _ in t.gan.G.named_parameters()]
+    old_names, old_G, old_opt = [], {}, {}
+    for k, v in state["G"].items():
+        old_G[k] = v
+        if k in names:
+            old_names.append(k)
+        if k.endswith("main.3.weight"):
+            bias = k[: -len("weight")] + "bias"
+            old_G[bias] = torch.full((v.shape[0],), 7.0)
+            old_names.append(bias)
+    for i, n in enumerate(old_names):
+        old_opt[i] = ({"step": torch.tensor(2.0), "exp_avg": torch.full((old_G[n].shape[0],), 9.0),
+                       "exp_avg_sq": torch.ones(old_G[n].shape[0])} if n.endswith("main.3.bias")
+                      else state["opt_G"]["state"][names.index(n)])
+    group = {**state["opt_G"]["param_groups"][0], "params": list(range(len(old_names)))}
+    old = {**state, "G": old_G, "opt_G": {"state": old_opt, "param_groups": [group]}}
+    fresh = Trainer(resolve("boss", TINY), prepared, tmp_path / "r", device="cpu", progress=False)
+    fresh.gan.load_state_dict(old)
+    for p, q in zip(fresh.gan.G.parameters(), t.gan.G.parameters()):
+        assert torch.equal(p, q)
+        mine, theirs = fresh.gan.opt_G.state[p], t.gan.opt_G.state[q]
+        assert torch.equal(mine["exp_avg"], theirs["exp_avg"]) and torch.equal(mine["exp_avg_sq"], theirs["exp_avg_sq"])
+    fresh.train_step(fresh._batch(torch.arange(len(fresh.data)), 2))  # and it trains on

@@ -93,26 +93,33 @@ def test_boss_compiles_with_inductor_without_falling_back(prepared, tmp_path, ca
     """Real inductor, no stand-in: spectral norm's in-place power iteration once broke the compiled
     critic's backward, so every boss run fell back to eager after about a minute of compiling. The
     critic now stays eager (and says so); the compiled generator learns what the eager one does."""
+    # Two critic passes: compile only wraps G, so one pass or two changes nothing about compiling, but with
+    # one pass a hinge margin that rounding tips over moved g_loss by 1.2e-3 relative at step 1 (1e-6 with two)
+    two = {"train.joint_critic": False}
     torch._dynamo.reset()
-    compiled, w_compiled = losses(prepared, tmp_path / "c", "boss", 3, **{"train.compile": True})
+    compiled, w_compiled = losses(prepared, tmp_path / "c", "boss", 3, **{"train.compile": True, **two})
     out = capsys.readouterr().out
     torch._dynamo.reset()
     assert "torch.compile failed" not in out and "unavailable" not in out, out
     assert "the critic runs eagerly (spectral norm)" in out
-    eager, w_eager = losses(prepared, tmp_path / "e", "boss", 3, **{"train.compile": False})
+    eager, w_eager = losses(prepared, tmp_path / "e", "boss", 3, **{"train.compile": False, **two})
     for step, (a, b) in enumerate(zip(compiled, eager)):
         for k in a:
             assert a[k] == pytest.approx(b[k], rel=1e-3, abs=1e-5), (step, k)
-    # Compared: the critic's weights, and G's convolution and linear weights. Not G's convolution
-    # biases, which (but the last) feed a batch norm, directly or through the residual sum: their
-    # gradient is zero up to rounding, which Adam turns into lr-sized steps of either sign in both
-    # runs, and that noise moves the batch norms' running statistics too.
-    G = build_models(resolve("boss", SMALL).model)[0]
+    # Compared: the critic's weights, and G's convolution and linear weights. Not G's biases, which
+    # feed a batch norm, directly or through the residual sum: their gradient is zero up to rounding,
+    # which Adam turns into lr-sized steps of either sign, and that noise moves the batch norms'
+    # running statistics too. The same holds for single weights whose gradient is near zero: Adam's
+    # early steps are about +-lr whatever the gradient's size, so two runs whose rounding differs can
+    # part by up to 2 lr a step in such elements (seen: 4.5e-4 in G's input layer after 3 steps).
+    cfg = resolve("boss", SMALL)
+    G = build_models(cfg.model)[0]
     checked = [f"{name}.weight" for name, m in G.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     checked += [k for k in w_eager if k.startswith("D.") and w_eager[k].is_floating_point()]
     assert len(checked) > 10
     for k in checked:
-        torch.testing.assert_close(w_compiled[k], w_eager[k], rtol=1e-3, atol=1e-4, msg=k)
+        lr = cfg.optim.lr_d if k.startswith("D.") else cfg.optim.lr_g
+        torch.testing.assert_close(w_compiled[k], w_eager[k], rtol=1e-3, atol=2 * lr * 3, msg=k)
 
 
 def test_compile_with_an_unknown_backend_runs_eagerly(prepared, tmp_path, monkeypatch, capsys):
@@ -157,3 +164,27 @@ def test_bench_runs_and_writes_its_table(tmp_path):
     ours = table[(table.pipeline == "ours") & table.task.str.startswith("train")]
     assert ours.ratio_vs_reference.notna().all() and len(ours) == 2
     assert "ratio_vs_reference" in done.stdout
+    train_rows = table[table.task.str.startswith("train")]
+    assert (train_rows.gflop_per_img > 0).all() and (train_rows.share_of_peak > 0).all()
+    for preset in ("baseline", "strong"):  # our generator step skips the critic's weight gradients
+        rows = train_rows[train_rows.task == f"train {preset}"].set_index("pipeline")
+        assert rows.gflop_per_img["ours"] < rows.gflop_per_img["reference"]
+
+
+def test_flops_are_counted_forward_backward_and_through_a_gradient_penalty():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from flops import count_flops
+
+    m, k, n = 4, 5, 3
+    layer = torch.nn.Linear(k, n, bias=False)
+    x = torch.randn(m, k, requires_grad=True)
+    assert count_flops(lambda: layer(x)) == 2 * m * k * n
+    # backward: the input's gradient and the weight's, each as large as the forward product
+    assert count_flops(lambda: layer(x).sum().backward()) == 6 * m * k * n
+
+    def penalty():  # WGAN-GP's double backward, which the stock module tracker cannot follow
+        (g,) = torch.autograd.grad(layer(x).sum(), x, create_graph=True)
+        g.pow(2).sum().backward()
+
+    # the forward product, the input's gradient (ones @ W), and W's gradient through that gradient
+    assert count_flops(penalty) == 6 * m * k * n

@@ -107,3 +107,24 @@ def test_validate_counts_a_short_folder(tmp_path):
     with pytest.raises(UserError, match="1 missing .e.g. 1000.jpg"):
         validate(imgs)
     assert len(validate(imgs, count=999)) == 999
+
+
+def test_png_images_for_kaggle_are_generated_validated_and_zipped(run, tmp_path):
+    """Generative Dog Images' format: N 64x64 PNGs named 1.png..N.png, flat in images.zip."""
+    out = generate(run, tmp_path / "png", n=12, seed=3, size=64, device="cpu", image_format="png")
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(f"{i}.png" for i in range(1, 13))
+    jpg = generate(run, tmp_path / "jpg", n=12, seed=3, size=64, device="cpu")
+    with Image.open(out / "5.png") as img:
+        assert img.format == "PNG" and img.size == (64, 64) and img.mode == "RGB"
+        lossless = np.asarray(img)
+    assert np.abs(lossless.astype(int) - np.asarray(Image.open(jpg / "5.jpg")).astype(int)).mean() < 8  # same image
+    archive = pack(out, tmp_path / "images.zip", fmt="zip", count=12)
+    with zipfile.ZipFile(archive) as zf:
+        assert zf.namelist() == [f"{i}.png" for i in range(1, 13)]
+        assert np.array_equal(np.asarray(Image.open(zf.open("5.png"))), lossless)
+    (out / "7.png").unlink()
+    Image.fromarray(lossless).save(out / "7.png.jpg")
+    with pytest.raises(UserError, match="1 missing .*7.png.*12 64x64 PNGs named 1.png..12.png"):
+        validate(out, count=12)
+    with pytest.raises(UserError, match="jpg or png"):
+        generate(run, tmp_path / "gif", n=2, device="cpu", image_format="gif")

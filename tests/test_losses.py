@@ -1,3 +1,5 @@
+import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -92,3 +94,18 @@ def test_build_loss_gives_each_objective_with_its_settings():
     assert type(r1) is WithR1 and type(r1.inner) is HingeLoss and r1.gamma == 2.0 and r1.double_backward
     aux = build_loss(LossConfig(name="hinge", aux_weight=0.5))
     assert type(aux) is WithClassifier and aux.weight == 0.5 and not aux.double_backward
+
+
+def test_critic_diagnostics_of_known_scores():
+    from kaggle_gan.losses import diagnostics
+
+    r, f = torch.tensor([2.0, -1.0, 3.0]), torch.tensor([-2.0, 1.0, -4.0])
+    d = diagnostics(r, f)
+    assert d["d_real_sd"].item() == pytest.approx(float(np.std([2, -1, 3])))
+    assert d["d_fake_sd"].item() == pytest.approx(float(np.std([-2, 1, -4])))
+    assert d["d_sign_ok"].item() == pytest.approx(2 / 3)  # 2 of 3 real above 0, 2 of 3 fake below
+    assert d["d_gap"].item() == pytest.approx(4 / 3 + 5 / 3)
+    flat = diagnostics(torch.full((4,), 0.3), torch.full((4,), 0.3))  # the flat critic the README describes
+    assert flat["d_real_sd"].item() == 0 and flat["d_sign_ok"].item() == 0.5 and flat["d_gap"].item() == 0
+    one = diagnostics(torch.tensor([1.0]), torch.tensor([-1.0]))  # one example per rank under torchrun
+    assert one["d_real_sd"].item() == 0

@@ -15,7 +15,8 @@ from kaggle_gan.io import UserError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CASCADE = SHARED / "assets" / "lbpcascade_animeface.xml"
-COLUMNS = ["images", "FID", "real floor", "sample code", "AFD", "simple", "medium", "strong", "boss"]
+COLUMNS = ["images", "FID", "real floor", "sample code", "KID x1000", "MiFID", "precision", "recall", "AFD",
+           "simple", "medium", "strong", "boss"]
 
 
 class Bright(afd.Detector):
@@ -186,3 +187,51 @@ def test_default_cascade_path_option(data_dir, tmp_path, offline):
 
 def test_printed_leaderboard(tmp_path):
     assert "no scores yet" in board_mod.format_leaderboard(board_mod.leaderboard(tmp_path))
+
+
+def test_every_metric_from_one_feature_pass_and_the_detectors_own_ceiling(data_dir, tmp_path, offline):
+    """Copies of the reference images: MiFID's memorisation distance is ~0 and its penalty fires."""
+    from kaggle_gan import fid as fid_mod
+    from kaggle_gan.data import load_prepared
+
+    prepared = load_prepared(data_dir)
+    hold, ref = fid_mod.selection(len(prepared.images), score_mod.DEFAULT_REF_COUNT)
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    for i in ref:
+        Image.fromarray(prepared.images[i]).save(copies / f"{i}.png")
+    report = score_mod.score(copies, data_dir, tmp_path / "work", inception_weights="random:0", detector=Bright(),
+                             device="cpu", quiet=True)
+    stored = json.loads(Path(report["scores"]).read_text())
+    for key in ("kid", "kid_sd", "mifid", "memorisation_distance", "precision", "recall", "density", "coverage"):
+        assert stored[key] is not None and np.isfinite(stored[key]), key
+    assert stored["memorisation_distance"] < 1e-5
+    fid, d = stored["fid"]["value"], stored["memorisation_distance"]
+    assert d >= 0 and stored["mifid"] == pytest.approx(fid / (d + 1e-14)) and stored["mifid"] > 1e4 * fid
+    assert stored["precision"] == 1.0 and stored["recall"] == 1.0 and stored["coverage"] == 1.0
+    # the ceiling is the detector's rate on the held-out images of the FID floor, exactly
+    want = float(np.mean([prepared.images[i].mean() > 127 for i in hold]))
+    assert stored["real_ceiling"]["afd"] == pytest.approx(want)
+    assert set(stored["real_ceiling"]) >= {"afd", "kid", "precision", "recall"}
+    board = board_mod.read_table(tmp_path / "work")
+    assert board.kid.iloc[0] == pytest.approx(stored["kid"]) and board.afd_real.iloc[0] == pytest.approx(want)
+
+
+def test_another_feature_network_by_name_scores_every_metric_and_caches_apart(data_dir, tmp_path, offline):
+    """``--features NAME``: a timm network (random weights here: nothing is downloaded) for every distance."""
+    from kaggle_gan.backbones import canonical_name
+
+    assert canonical_name("dinov2") == "vit_large_patch14_dinov2.lvd142m"
+    images = write_images(tmp_path / "imgs", list(np.linspace(40, 210, 8)))
+    work = tmp_path / "work"
+    report = score_mod.score(images, data_dir, work, detector=Bright(), device="cpu", quiet=True,
+                             features="resnet18", feature_weights="random:0")
+    fid = report["fid"]
+    assert fid["status"] == "ok" and fid["label"] == "proxy FD (resnet18) (random:0)"
+    assert np.isfinite(fid["value"]) and np.isfinite(report["kid"]) and 0 <= report["precision"] <= 1
+    inception = score_mod.score(images, data_dir, work, inception_weights="random:0", detector=Bright(),
+                                device="cpu", quiet=True)
+    assert inception["fid"]["reference"]["key"] != fid["reference"]["key"]  # one cache per network
+    assert inception["fid"]["value"] != pytest.approx(fid["value"])
+    with pytest.raises(UserError, match="weights not found"):  # a network the user named: no silent skip
+        score_mod.score(images, data_dir, work, detector=Bright(), device="cpu", quiet=True, features="resnet18")

@@ -94,8 +94,8 @@ def test_a_whole_step_is_a_critic_step_then_a_generator_step_on_its_turn():
 def test_one_critic_pass_scores_as_two_where_nothing_couples_the_batch():
     from kaggle_gan.losses import _scores
 
-    step = gan_step("strong", train__joint_critic=True)  # instance norm: each image normalised on its own
-    assert step.ctx.joint and not gan_step("strong").ctx.joint  # off unless asked for
+    step = gan_step("strong")  # instance norm: each image normalised on its own
+    assert step.ctx.joint and not gan_step("strong", train__joint_critic=False).ctx.joint  # on unless turned off
     assert not gan_step("baseline", train__joint_critic=True).ctx.joint  # batch norm couples a batch: two passes
     real, fake = torch.rand(4, 3, 32, 32) * 2 - 1, torch.rand(4, 3, 32, 32) * 2 - 1
     joint = _scores(step.D, real, fake, StepContext(joint=True))

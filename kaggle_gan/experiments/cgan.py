@@ -224,7 +224,7 @@ def cgan(out: Union[str, Path], data: str = DIGITS, labels: Optional[str] = None
     key = f"{prepared.meta['images_sha256'][:16]}-{prepared.meta['labels_sha256'][:16]}-{cfg.model.resolution}"
     classifier, ceiling = grading_classifier(images, prepared.labels, len(names), key,
                                              Path(cache) if cache else out / "cache" / "classifier", progress)
-    G = trainer.sampler().eval()
+    G = trainer.gan.sampler().eval()
     fake, asked = generate_per_class(G, len(names), per_class, cfg.model.z_dim, cfg.train.seed + 3, trainer.device)
     table = accuracy_table(predict(classifier, fake), asked, names)
     overall = float((table.accuracy * table.asked).sum() / table.asked.sum())

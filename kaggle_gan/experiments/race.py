@@ -35,9 +35,9 @@ PRESETS = ("baseline", "medium", "wgan", "strong", "boss")
 # the default scale lives in config.RACE, where the command line reads it without importing this module
 DEFAULT_KIMG, DEFAULT_RESOLUTION, DEFAULT_WIDTH, DEFAULT_POINTS = RACE.kimg, RACE.resolution, RACE.width, RACE.points
 DEFAULT_COUNT, DEFAULT_FID_COUNT, DEFAULT_REF_COUNT = RACE.count, RACE.fid_count, RACE.ref_count
-SCORES = ("afd", "fid_small", "fid", "fid_sd")  # what score_point gives for one point
+SCORES = ("afd", "fid_small", "fid", "fid_sd", "kid", "kid_sd", "precision", "recall")  # score_point's, per point
 COLUMNS = ["preset", "same_as", "point", "kimg", "steps", "g_steps", "train_s", "afd", "fid_small", "fid", "fid_sd",
-           "n_images", "fid_small_images", "fid_label"]
+           "kid", "kid_sd", "precision", "recall", "n_images", "fid_small_images", "fid_label"]
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,9 @@ def race_config(preset: str, resolution: int, width: int, batch_size: int, seed:
     return resolve(preset, {
         "model.resolution": resolution, "model.g_width": width, "model.d_width": width,
         "train.batch_size": batch_size, "train.seed": seed,
-        "train.keep_epochs": False, "train.ckpt_minutes": 1e6, "train.log_every": 25, **(overrides or {}),
+        "train.keep_epochs": False, "train.ckpt_minutes": 1e6, "train.log_every": 25,
+        "train.eval_every": 0.0,  # the race scores its own points
+        **(overrides or {}),
     })
 
 
@@ -68,16 +70,8 @@ def _recipe(cfg: Config) -> dict:
 def fid_model(inception_weights: Optional[str], device):
     """The Inception network for FID: the given weights, else the cached real ones, else ``random:0`` (a proxy)."""
     from .. import fid as fid_mod
-    from ..weights import WeightsMissing
 
-    if inception_weights is None:
-        try:
-            return fid_mod.load_inception(None, device)
-        except WeightsMissing:
-            print("race: no Inception weights found; using random:0. Its FID is a PROXY, comparable only "
-                  "within this race (same weights, same reference)")
-            inception_weights = "random:0"
-    return fid_mod.load_inception(inception_weights, device)
+    return fid_mod.load_inception_or_proxy(inception_weights, device, "race")
 
 
 def race(
@@ -170,16 +164,17 @@ def race(
                 scores = score_point(snapshot, run / "images", count, fid_count, how["last"], prepared, det, model,
                                      ref, device, desc=f"{e.preset} @ {steps} steps")
                 write_json(scored, {"how": how, **scores})
-            rate, small, full, full_sd = (scores[k] for k in SCORES)
+            rate, small, full, full_sd = (scores[k] for k in SCORES[:4])
             seconds = _train_seconds(run, steps)
             rows.append({
                 "preset": e.preset, "same_as": "", "point": point, "kimg": steps * batch_size / 1000, "steps": steps,
-                "g_steps": steps // cfg.loss.n_critic, "train_s": seconds, "afd": rate, "fid_small": small,
-                "fid": full, "fid_sd": full_sd, "n_images": count, "fid_small_images": fid_count, "fid_label": label,
+                "g_steps": steps // cfg.loss.n_critic, "train_s": seconds, **scores,
+                "n_images": count, "fid_small_images": fid_count, "fid_label": label,
             })
             fid_text = f", FID {plus_minus(full, full_sd)}" if full is not None else ""
             print(f"race: {e.preset} {steps * batch_size / 1000:.1f}k images, {seconds:.0f} s of training: "
-                  f"AFD {rate:.3f}, {label} on {fid_count} {small:.3g}{fid_text} "
+                  f"AFD {rate:.3f}, {label} on {fid_count} {small:.3g}{fid_text}, KID x1000 "
+                  f"{scores['kid'] * 1000:.3g}, precision {scores['precision']:.3f}, recall {scores['recall']:.3f} "
                   f"(point took {time.perf_counter() - t0:.0f} s)")
     table = pd.DataFrame(rows, columns=COLUMNS)
     csv_path, png_path = work / "race.csv", work / "race.png"
@@ -215,18 +210,22 @@ def draw_images(snapshot: Path, out: Path, count: int, seed: int, prepared, dete
 
 def score_point(snapshot: Path, out: Path, count: int, fid_count: int, last: bool, prepared, detector, model, ref,
                 device: str, desc: str) -> dict:
-    """One point's scores (the keys of ``SCORES``): AFD on ``count`` images drawn by :func:`draw_images` (seed 0),
-    FID of the first ``fid_count`` against ``ref``; at the ``last`` point also the FID of all and its
-    :func:`kaggle_gan.fid.half_sample_sd` (None elsewhere)."""
+    """One point's scores (the keys of ``SCORES``): AFD on ``count`` images drawn by :func:`draw_images` (seed 0);
+    FID, KID and precision/recall of the first ``fid_count`` against ``ref`` (comparable along the curve); at
+    the ``last`` point also the FID of all and its :func:`kaggle_gan.fid.half_sample_sd` (None elsewhere)."""
     from .. import fid as fid_mod
+    from .. import metrics
 
     images, rate = draw_images(snapshot, out, count, 0, prepared, detector, device)
     feats = fid_mod.activations(images if last else images[:fid_count], model, desc=desc)
+    kid, kid_sd = metrics.kid(feats[:fid_count], ref.real)
+    pr = metrics.precision_recall_density_coverage(feats[:fid_count], ref.real)
     return {
         "afd": rate,
         "fid_small": fid_mod.frechet_distance_to_features(feats[:fid_count], ref.mu, ref.sigma),
         "fid": fid_mod.frechet_distance_to_features(feats, ref.mu, ref.sigma) if last else None,
         "fid_sd": fid_mod.half_sample_sd(feats, ref.mu, ref.sigma) if last else None,
+        "kid": kid, "kid_sd": kid_sd, "precision": pr["precision"], "recall": pr["recall"],
     }
 
 
@@ -290,17 +289,26 @@ def final_table(table: "pd.DataFrame") -> "pd.DataFrame":  # noqa: F821
 
     last = table[table.point == table.point.max()].copy()
     label = str(last.fid_label.iloc[0]) if len(last) else "FID"
+    # each preset's best point by AFD, ties by KID: where a run with evaluation would have kept best.pt
+    ranked = table.sort_values(["afd", "kid"], ascending=[False, True], kind="stable")
+    best = ranked.drop_duplicates("preset").set_index("preset")
     out = last.assign(
         kimg=last.kimg.map(lambda v: f"{v:.1f}"),
         train_min=(last.train_s / 60).map(lambda v: f"{v:.1f}"),
         afd=[f"{p:.3f} +- {afd_se(p, n):.3f}" for p, n in zip(last.afd, last.n_images)],
         fid=[plus_minus(v, sd) for v, sd in zip(last.fid, last.fid_sd)],
+        kid=[plus_minus(v * 1000, sd * 1000) for v, sd in zip(last.kid, last.kid_sd)],
+        pr=[f"{p:.2f} / {r:.2f}" for p, r in zip(last.precision, last.recall)],
+        best=[f"{best.kimg[p]:.1f}k: AFD {best.afd[p]:.3f}" for p in last.preset],
         same_as=last.same_as.fillna("").replace("", "-"),
-    )[["preset", "same_as", "kimg", "steps", "g_steps", "train_min", "afd", "fid"]]
+    )[["preset", "same_as", "kimg", "steps", "g_steps", "train_min", "afd", "fid", "kid", "pr", "best"]]
     order = last.afd.astype(float).rank(ascending=False, method="first").values
     out = out.iloc[np.argsort(order)]
+    small = int(last.fid_small_images.iloc[0]) if len(last) else 0
     return out.rename(columns={"fid": f"{label} (n={int(last.n_images.iloc[0])})" if len(last) else "fid",
-                               "afd": "AFD", "train_min": "train min", "same_as": "same as"})
+                               "afd": "AFD", "train_min": "train min", "same_as": "same as",
+                               "kid": f"KID x1000 (n={small})", "pr": f"precision / recall (n={small})",
+                               "best": "best point"})
 
 
 def plot_race(table: "pd.DataFrame", out_png: Path) -> Path:  # noqa: F821

@@ -210,7 +210,7 @@ def train_toy(name: str, loss: str, run_dir: Path, overrides: Optional[Dict[str,
         resumed_at = trainer.step
         trainer.run()
     seconds = time.perf_counter() - start
-    G = trainer.sampler().eval()
+    G = trainer.gan.sampler().eval()
     with torch.no_grad():
         fake = G(fixed_noise(EVAL_SAMPLES, cfg.model.z_dim, t.seed + 2).to(trainer.device)).cpu().numpy()
     cov = coverage(fake, data.centres, data.sigma)
