@@ -148,9 +148,10 @@ class Evaluator:
         if self.model is not None:
             feats = fid.activations(images, self.model, desc="evaluate", progress=False)
             row["fid"] = fid.frechet_distance_to_features(feats, self.ref.mu, self.ref.sigma)
-            row["kid"], row["kid_sd"] = metrics.kid(feats, self.ref.real)
-            pr = metrics.precision_recall_density_coverage(feats, self.ref.real)
-            row.update(precision=pr["precision"], recall=pr["recall"])
+            if self.ref.real is not None:  # a reference of more than 5 images
+                row["kid"], row["kid_sd"] = metrics.kid(feats, self.ref.real)
+                pr = metrics.precision_recall_density_coverage(feats, self.ref.real)
+                row.update(precision=pr["precision"], recall=pr["recall"])
         key = selection_key(row, self.select)
         row["best"] = key < self.best
         if row["best"]:

@@ -395,13 +395,14 @@ def reference_stats(
     held = features(hold_idx, "holdout", f"real floor ({hold} images)")
     floor = frechet_distance_to_features(held, mu, sigma)
     floor_sd = half_sample_sd(held, mu, sigma)
-    real = RealSide.build(ref_feats)
+    # the k-nearest-neighbour metrics need more than k reference images (none below 6: FID alone then)
+    real = RealSide.build(ref_feats) if len(ref_feats) > DC_K else None
     # what real images score: held-out training images against the reference, every metric
-    ceiling = all_metrics(held, real, floor) if len(held) > DC_K else None
+    ceiling = all_metrics(held, real, floor) if real is not None and len(held) > DC_K else None
     extra = {} if floor_sd is None else {"floor_sd": np.float64(floor_sd)}
     with atomic_path(path, suffix=".npz") as tmp:
         np.savez(tmp, mu=mu, sigma=sigma, floor=np.float64(floor), fields=json.dumps(fields, sort_keys=True),
-                 ceiling=json.dumps(ceiling), **real.arrays(), **extra)
+                 ceiling=json.dumps(ceiling), **(real.arrays() if real is not None else {}), **extra)
     chunks.remove(parts)
     return ReferenceStats(mu, sigma, ref, hold, floor, key, fields, path, False, floor_sd, real, ceiling)
 
@@ -418,7 +419,9 @@ def _load_cached(path: Path, fields: dict) -> Optional[tuple]:
             real, ceiling = RealSide.from_arrays(z), json.loads(str(z["ceiling"]))
     except Exception:  # truncated or foreign file: recompute and overwrite
         return None
-    if stored != fields or mu.ndim != 1 or sigma.shape != (len(mu), len(mu)) or real is None:
+    if stored != fields or mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
+        return None
+    if real is None and int(fields["ref_count"]) > DC_K:  # a cache from before the real side was stored
         return None
     if not (np.isfinite(mu).all() and np.isfinite(sigma).all() and np.isfinite(floor)):
         return None

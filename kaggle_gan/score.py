@@ -280,10 +280,11 @@ def score(
         ref = fid_mod.reference_stats(prepared.images, prepared.meta["images_sha256"], model, work / "cache" / "fid", ref_count)
         feats = fid_mod.activations(images, model, desc=f"scoring ({len(images)} images)")
         value = fid_mod.frechet_distance_to_features(feats, ref.mu, ref.sigma)
-        if len(feats) > DC_K:  # one feature pass, every number
+        if len(feats) > DC_K and ref.real is not None:  # one feature pass, every number
             more = all_metrics(feats, ref.real, value)
         else:
-            notes.append(f"KID, MiFID, precision/recall and density/coverage skipped: they need more than {DC_K} images")
+            notes.append(f"KID, MiFID, precision/recall and density/coverage skipped: they need more than {DC_K} "
+                         "images, generated and in the reference")
         ceiling.update(ref.ceiling or {})
         fid_key = f"{model.weights.identity}|{ref.key}"
         sample, sample_run = _sample_anchor(work, fid_key)

@@ -235,3 +235,16 @@ def test_another_feature_network_by_name_scores_every_metric_and_caches_apart(da
     assert inception["fid"]["value"] != pytest.approx(fid["value"])
     with pytest.raises(UserError, match="weights not found"):  # a network the user named: no silent skip
         score_mod.score(images, data_dir, work, detector=Bright(), device="cpu", quiet=True, features="resnet18")
+
+
+def test_a_reference_too_small_for_the_neighbour_metrics_still_gives_fid(tmp_path, offline):
+    root = tmp_path / "tiny"
+    write_images(root / "raw", list(np.linspace(30, 220, 8)))  # 4 held out, 4 in the reference
+    data = prepare(str(root / "raw"), root / "data", 64, workers=1).folder
+    images = write_images(tmp_path / "imgs", list(np.linspace(40, 210, 8)))
+    for attempt in range(2):  # the second run reads the cache written by the first
+        report = score_mod.score(images, data, tmp_path / "work", inception_weights="random:0", detector=Bright(),
+                                 device="cpu", quiet=True)
+        assert report["fid"]["status"] == "ok" and np.isfinite(report["fid"]["value"])
+        assert report["fid"]["reference"]["cache_hit"] == (attempt == 1)
+        assert report["kid"] is None and any("need more than 5" in n for n in report["notes"])

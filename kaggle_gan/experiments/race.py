@@ -218,8 +218,10 @@ def score_point(snapshot: Path, out: Path, count: int, fid_count: int, last: boo
 
     images, rate = draw_images(snapshot, out, count, 0, prepared, detector, device)
     feats = fid_mod.activations(images if last else images[:fid_count], model, desc=desc)
-    kid, kid_sd = metrics.kid(feats[:fid_count], ref.real)
-    pr = metrics.precision_recall_density_coverage(feats[:fid_count], ref.real)
+    measured = ref.real is not None and fid_count > metrics.DC_K  # the k-NN metrics need more than k images
+    kid, kid_sd = metrics.kid(feats[:fid_count], ref.real) if measured else (math.nan, math.nan)
+    pr = (metrics.precision_recall_density_coverage(feats[:fid_count], ref.real) if measured
+          else {"precision": math.nan, "recall": math.nan})
     return {
         "afd": rate,
         "fid_small": fid_mod.frechet_distance_to_features(feats[:fid_count], ref.mu, ref.sigma),
