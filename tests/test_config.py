@@ -29,7 +29,7 @@ def test_overrides_are_typed():
     ("model.resolution=48", "model.resolution=48 is not one of"),
     ("model.d_norm=batch", "wgan-gp needs a critic without batch norm"),
     ("train.compile=maybe", "train.compile must be bool"),
-    ("train.eval_images=3", "an evaluation needs at least 10 images"),
+    ("train.eval_images=7", "an evaluation needs at least 8 images"),
     ("train.select=lpips", "train.select='lpips' is not one of"),
     ("train.eval_every=-1", "train.eval_every must not be negative"),
 ])
