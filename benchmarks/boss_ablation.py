@@ -158,7 +158,7 @@ def _plot(table, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from kaggle_gan.io import atomic_path
+    from kaggle_gan.io import save_figure
 
     fig, ax = plt.subplots(figsize=(10, 0.45 * len(table) + 1.4))
     y = list(range(len(table)))
@@ -171,10 +171,7 @@ def _plot(table, path: Path) -> None:
     ax.set_yticks(y, [f"{v}: {c}" for v, c in zip(table.variant, table.change)])
     ax.invert_yaxis()
     ax.set(xlabel="AFD at the end of the budget (+-2 se)", xlim=(0, 1), title="boss, one ingredient changed at a time")
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .config import Config
-from .io import UserError, atomic_path
+from .io import UserError, save_figure
 
 METRIC_FIELDS = ["step", "kimg", "afd", "kid", "kid_sd", "fid", "precision", "recall", "eval_s", "best"]
 BEST = "best.pt"
@@ -195,8 +195,4 @@ def plot_quality(metrics_csv: Path, out_png: Path, features: str = "") -> Option
             ax.legend()
         ylabel = "AFD (higher is better)" if col == "afd" else f"KID x1000, {features} (lower is better)"
         ax.set(xlabel="thousand images shown to the critic", ylabel=ylabel, title=Path(metrics_csv).parent.name)
-    fig.tight_layout()
-    with atomic_path(out_png, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png)

@@ -112,6 +112,17 @@ def atomic_path(final: Path, suffix: str = "") -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def save_figure(fig, path: Path, dpi: int = 100) -> Path:
+    """A matplotlib figure laid out tightly and written as a PNG atomically, then closed."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    return Path(path)
+
+
 def write_json(path: Path, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from .io import UserError, atomic_path
+from .io import UserError, atomic_path, save_figure
 
 LOG_FIELDS = ["step", "epoch", "kimg", "seconds", "img_per_s", "d_loss", "g_loss"]
 
@@ -195,8 +195,4 @@ def plot_losses(log_csv: Path, out_png: Path) -> Optional[Path]:
         axes[0][-1].set(xlabel="thousand images shown to the critic", title="critic diagnostics (flat: all near 0, "
                         "sign_ok 0.5)")
         axes[0][-1].legend()
-    fig.tight_layout()
-    with atomic_path(out_png, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png)

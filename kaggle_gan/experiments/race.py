@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
 from ..config import RACE, Config, resolve
-from ..io import UserError, atomic_path, read_json, write_json
+from ..io import UserError, atomic_path, read_json, save_figure, write_json
 
 PRESETS = ("baseline", "medium", "wgan", "strong", "boss")
 # the default scale lives in config.RACE, where the command line reads it without importing this module
@@ -335,8 +335,4 @@ def plot_race(table: "pd.DataFrame", out_png: Path) -> Path:  # noqa: F821
                 title=label + (": comparable only within this race" if "proxy" in label else ""))
     axes[1].set_yscale("log")
     axes[0].legend()
-    fig.tight_layout()
-    with atomic_path(out_png, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png)

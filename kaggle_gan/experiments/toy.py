@@ -31,7 +31,7 @@ import numpy as np
 
 from ..config import Config, Preset, describe_presets, resolve
 from ..data import Batch, fixed_noise
-from ..io import RunLock, UserError, atomic_path
+from ..io import RunLock, UserError, atomic_path, save_figure
 
 #: mixture name -> (mode centres (K, 2), sigma)
 MIXTURES = ("ring8", "grid25")
@@ -180,10 +180,7 @@ class Points:
         ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", xticks=[], yticks=[],
                title=f"{path.parent.parent.name} {path.stem}: {cov.modes}/{cov.total} modes, HQ {cov.hq:.0%}")
         ax.title.set_fontsize(8)
-        fig.tight_layout()
-        with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=80)
-        plt.close(fig)
+        save_figure(fig, path, dpi=80)
 
 
 def toy_config(loss: str, overrides: Optional[Dict[str, str]] = None) -> Config:
