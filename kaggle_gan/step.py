@@ -155,7 +155,8 @@ class GANStep:
     def load_state_dict(self, state: Dict) -> None:
         dropped = legacy_bias_keys(self.G, state["G"])
         if dropped:  # a ResNet generator's checkpoint from before its first convolutions lost their bias
-            names = [k for k in state["G"] if k in dict(self.G.named_parameters()) or k in dropped]
+            params = {n for n, _ in self.G.named_parameters()}
+            names = [k for k in state["G"] if k in params or k in dropped]
             state = {**state, "opt_G": drop_parameters(state["opt_G"], names, dropped)}
         self.G.load_state_dict(state["G"])
         self.D.load_state_dict(state["D"])
