@@ -24,6 +24,13 @@ COUNT   ?= 1000
 CHECKPOINT ?= best
 # jpg (the homework) or png (Kaggle competitions that ask for PNGs; pack them with FORMAT=zip)
 IMAGE_FORMAT ?= jpg
+# sampling: truncation psi (1 = none), one seed per image (0-999, 5,17,...), a pool of POOL images ranked by
+# SELECT=critic|detector of which COUNT are kept; interpolate: SEEDS to pass through (default 1,2,3), FRAMES
+TRUNCATION ?= 1
+SEEDS   ?=
+POOL    ?=
+SELECT  ?=
+FRAMES  ?= 60
 FORMAT  ?= tgz
 FORCE   ?=
 INCEPTION ?=
@@ -93,7 +100,7 @@ record_run = @printf 'PRESET=%s\nSET=%s\nDATA=%s\n' '$(PRESET)' '$(SET)' '$(DATA
 # $(call remember,FILE,VALUES): FILE holds VALUES and is rewritten only when they change, so what depends on it re-runs
 remember = @mkdir -p '$(dir $(1))'; echo '$(2)' | cmp -s - '$(1)' || echo '$(2)' > '$(1)'
 
-.PHONY: help setup prepare baseline medium wgan strong boss race toy cgan train generate submit score neighbours leaderboard presets test smoke bench wheel always
+.PHONY: help setup prepare baseline medium wgan strong boss race toy cgan train generate interpolate submit score neighbours leaderboard presets test smoke bench wheel always
 
 help:
 	@echo "Targets:"
@@ -107,6 +114,7 @@ help:
 	@echo "              (each: prepare -> train -> generate COUNT images -> submit)"
 	@echo "  train       train PRESET as RUN (resumes when interrupted)"
 	@echo "  generate    COUNT images from RUN into $(WORK)/runs/RUN/images"
+	@echo "  interpolate a GIF/MP4 walking the noise through SEEDS (default 1,2,3) + a strip of 8 frames"
 	@echo "  submit      validate and pack RUN's images into submission/RUN/images.FORMAT"
 	@echo "  score       FID + anime-face detection rate of RUN's images, with HW6 verdicts"
 	@echo "  neighbours  nearest training images of RUN's images (or QUERY=folder|file): copies?"
@@ -128,6 +136,7 @@ help:
 	@echo "  INCEPTION=path|random:SEED  DETECTOR=path  REF_COUNT=N   (scoring; a change re-scores; also train's evaluation)"
 	@echo "  FEATURES=dinov2|clip|timm-name  FEATURE_WEIGHTS=path|random:SEED   (score with another feature network)"
 	@echo "  CHECKPOINT=$(CHECKPOINT) (best: best.pt when training evaluated; last: generator.pt)  IMAGE_FORMAT=$(IMAGE_FORMAT) (jpg|png)"
+	@echo "  TRUNCATION=$(TRUNCATION) (psi, 0.5-1)  SEEDS=0-999|1,2,3  POOL=M SELECT=critic|detector (keep COUNT of M)  FRAMES=$(FRAMES)"
 	@echo "  BACKBONE=clip|inception|timm-name  WEIGHTS=path|random:SEED  INPUT_SIZE=N  QUERY=folder|file  K=$(K)   (neighbours)"
 	@echo "  RUN remembers PRESET, SET and DATA from its first training ($(RECORD)); give them again to change them"
 	@echo "  GPUS=$(GPUS)   N: train on N GPUs with torchrun + DDP (the batch is split N ways)"
@@ -161,9 +170,15 @@ $(GENERATOR): $(RETRAIN) | $(if $(TRAINS),$(PREPARED))
 generate: $(IMAGES)
 $(IMAGES): $(GENERATOR) $(RUN_DIR)/.make-generate
 	$(KG) generate --run '$(RUN)' --work '$(WORK)' --count $(COUNT) --size 64 --device $(DEVICE) --checkpoint $(CHECKPOINT) \
-		--image-format $(IMAGE_FORMAT)
+		--image-format $(IMAGE_FORMAT) --truncation $(TRUNCATION) $(if $(SEEDS),--seeds '$(SEEDS)') \
+		$(if $(POOL),--pool $(POOL)) $(if $(SELECT),--select $(SELECT)) $(if $(DETECTOR),--detector '$(DETECTOR)')
 $(RUN_DIR)/.make-generate: always
-	$(call remember,$@,COUNT=$(COUNT) CHECKPOINT=$(CHECKPOINT) IMAGE_FORMAT=$(IMAGE_FORMAT))
+	$(call remember,$@,COUNT=$(COUNT) CHECKPOINT=$(CHECKPOINT) IMAGE_FORMAT=$(IMAGE_FORMAT) TRUNCATION=$(TRUNCATION) SEEDS=$(SEEDS) POOL=$(POOL) SELECT=$(SELECT))
+
+# always runs (seconds): RUN/interpolation/seeds-....gif, .mp4, -strip.png
+interpolate: $(GENERATOR)
+	$(KG) interpolate --run '$(RUN)' --work '$(WORK)' --device $(DEVICE) --checkpoint $(CHECKPOINT) --frames $(FRAMES) \
+		--truncation $(TRUNCATION) $(if $(SEEDS),--seeds '$(SEEDS)')
 
 # replaces an archive that submit itself wrote (new images); anything else there is refused unless FORCE=1
 submit: $(ARCHIVE)

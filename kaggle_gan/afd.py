@@ -20,7 +20,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -59,6 +59,12 @@ class Detector(ABC):
     def describe(self) -> dict:
         """Everything that changes the rate (file, checksum, parameters), for the report."""
         return {"name": self.name}
+
+    def confidence(self, image: np.ndarray) -> Tuple[bool, float]:
+        """(counted as a face, how sure): what ``generate --select detector`` ranks by. By default the best
+        detection's score; a detector with a finer measure overrides it."""
+        found = self.detect(image)
+        return bool(found), max((d.score for d in found), default=-np.inf)
 
 
 @dataclass(frozen=True)
@@ -99,7 +105,8 @@ class CascadeDetector(Detector):
         if self._cascade is None or self._cascade.empty():
             raise UserError(f"{self.path} is not an OpenCV cascade file; pass {_detector_hint()}")
 
-    def detect(self, image: np.ndarray) -> List[Detection]:
+    def _input(self, image: np.ndarray) -> np.ndarray:
+        """The detector's view of an RGB image: resized to ``params.size``, grey, equalised."""
         import cv2
 
         p = self.params
@@ -108,15 +115,32 @@ class CascadeDetector(Detector):
         if image.shape[:2] != (p.size, p.size):
             image = cv2.resize(image, (p.size, p.size), interpolation=cv2.INTER_AREA)
         x = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if p.grey else image
-        if p.equalize_hist:
-            x = cv2.equalizeHist(x)
+        return cv2.equalizeHist(x) if p.equalize_hist else x
+
+    def detect(self, image: np.ndarray) -> List[Detection]:
+        p = self.params
         boxes, neighbours = self._cascade.detectMultiScale2(
-            x, scaleFactor=p.scale_factor, minNeighbors=p.min_neighbors, minSize=(p.min_size, p.min_size)
+            self._input(image), scaleFactor=p.scale_factor, minNeighbors=p.min_neighbors,
+            minSize=(p.min_size, p.min_size)
         )
         return [
             Detection(int(b[0]), int(b[1]), int(b[2]), int(b[3]), float(s))
             for b, s in zip(np.asarray(boxes).reshape(-1, 4), np.asarray(neighbours).reshape(-1))
         ]
+
+    def confidence(self, image: np.ndarray) -> Tuple[bool, float]:
+        """(counted as a face, the largest weight the cascade's last stage gives any window of the image).
+
+        The windows come ungrouped (minNeighbors 0), so an image the rate does
+        not count still gets a confidence from its best near-miss.
+        """
+        p = self.params
+        _boxes, _levels, weights = self._cascade.detectMultiScale3(
+            self._input(image), scaleFactor=p.scale_factor, minNeighbors=0, minSize=(p.min_size, p.min_size),
+            outputRejectLevels=True,
+        )
+        weights = np.asarray(weights, dtype=np.float64).reshape(-1)
+        return bool(self.detect(image)), float(weights.max()) if weights.size else -np.inf
 
     def describe(self) -> dict:
         return {"name": self.name, "file": str(self.path), "sha256": self.sha256, "params": asdict(self.params)}

@@ -97,8 +97,8 @@ class Evaluator:
         and write its line above the progress bar."""
         from .models import evaluating
 
-        with evaluating(gan.sampler(), gan.D) as (G, _D):
-            row = self(step, G)
+        with evaluating(gan.sampler(), gan.D) as (G, D):
+            row = self(step, G, D)
         bar.write(describe(row))
         return row
 
@@ -135,8 +135,9 @@ class Evaluator:
         batches = [to_uint8(G(z[a:a + 250].to(self.device)), self.size) for a in range(0, n, 250)]
         return np.concatenate(batches)
 
-    def __call__(self, step: int, G: torch.nn.Module) -> Dict:
-        """Score ``G`` (the EMA generator, in eval mode) at ``step``: a metrics row, best.pt if it is the best."""
+    def __call__(self, step: int, G: torch.nn.Module, D: Optional[torch.nn.Module] = None) -> Dict:
+        """Score ``G`` (the EMA generator, in eval mode) at ``step``: a metrics row, best.pt if it is the best
+        (with the critic ``D`` of the same step, which ``generate --select critic`` ranks by)."""
         from . import afd, fid, metrics
         from .checkpoint import save_generator
 
@@ -157,7 +158,8 @@ class Evaluator:
         if row["best"]:
             self.best = key
             save_generator(G.state_dict(), self.cfg.to_dict(), step, self.run_dir / BEST,
-                           extra={"metrics": {k: v for k, v in row.items() if k != "best"}, "select": self.select})
+                           extra={"metrics": {k: v for k, v in row.items() if k != "best"}, "select": self.select,
+                                  **({"D": D.state_dict()} if D is not None else {})})
         row["eval_s"] = round(time.perf_counter() - started, 2)
         self.log.append(row)
         plot_quality(self.run_dir / "metrics.csv", self.run_dir / "quality.png",

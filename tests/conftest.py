@@ -69,6 +69,18 @@ def prepared(tmp_path, faces_dir) -> Path:
     return tmp_path / "data"
 
 
+@pytest.fixture
+def run(prepared, tmp_path) -> Path:
+    """A 4-step baseline run at test_train's tiny scale: generator.pt, and the critic in its checkpoints."""
+    from kaggle_gan.config import resolve
+    from kaggle_gan.train import train
+    from test_train import TINY
+
+    cfg = resolve("baseline", {**TINY, "train.max_steps": 4})
+    train(cfg, prepared, tmp_path / "run", device="cpu", progress=False)
+    return tmp_path / "run"
+
+
 def cli(*args: str) -> list:
     """The kaggle-gan command as this interpreter runs it."""
     return [sys.executable, "-m", "kaggle_gan.cli", *args]

@@ -3,11 +3,11 @@ import math
 
 import numpy as np
 import pandas as pd
-import pytest
 import torch
 
 from kaggle_gan import afd
 from kaggle_gan.checkpoint import GENERATOR_FORMAT, load_file
+from kaggle_gan.curate import load_critic
 from kaggle_gan.evaluate import selection_key
 from kaggle_gan.generate import generate, load_generator
 from kaggle_gan.train import train
@@ -50,6 +50,12 @@ def test_a_run_with_evaluation_keeps_the_best_point_and_generate_uses_it(prepare
     assert (run / "quality.png").is_file()
     best = load_file(run / "best.pt", formats=(GENERATOR_FORMAT,))
     assert best["step"] == 4 and best["metrics"]["afd"] == 0.75 and best["select"] == "afd"
+    # the critic of the same step rides along, for generate --select critic
+    D, critic_step = load_critic(run, best, torch.device("cpu"))
+    last = load_file(run / "checkpoints" / "last.pt")
+    assert critic_step == 4 and last["step"] == 6
+    assert all(torch.equal(v, D.state_dict()[k]) for k, v in best["D"].items())
+    assert any(not torch.equal(v, last["D"][k]) for k, v in best["D"].items())
     _, _, step = load_generator(run, torch.device("cpu"))
     assert step == 4 and "best.pt (step 4, afd 0.75)" in capsys.readouterr().out
     _, _, step = load_generator(run, torch.device("cpu"), checkpoint="last")

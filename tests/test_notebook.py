@@ -54,7 +54,8 @@ def test_the_notebook_runs_on_a_kaggle_like_layout(tmp_path):
             p.chmod(p.stat().st_mode | stat.S_IWUSR)
 
     run = kaggle / "working" / "work" / "runs" / "smoke"
-    for f in ("generator.pt", "samples/final.png", "loss.png", f"images/{COUNT}.jpg", "neighbours/neighbours.png"):
+    for f in ("generator.pt", "samples/final.png", "loss.png", f"images/{COUNT}.jpg", "neighbours/neighbours.png",
+              "interpolation/seeds-1-2-3.gif", "interpolation/seeds-1-2-3-strip.png"):
         assert (run / f).is_file(), f
     with tarfile.open(kaggle / "working" / "submission" / "smoke" / "images.tgz") as tar:
         assert sorted(tar.getnames()) == sorted(f"{i}.jpg" for i in range(1, COUNT + 1))
