@@ -116,6 +116,19 @@ def test_interpolation_starts_and_ends_on_the_seeds_images(run, tmp_path):
     assert (tmp_path / "mine.gif").read_bytes() == b"a user's file"
 
 
+def test_a_conditional_walk_has_one_row_per_class():
+    from kaggle_gan.models import ConditionalGenerator
+
+    G = ConditionalGenerator(8, 8, 32, 3).eval()
+    z = path(noise([1, 2], 8), 5)
+    frames = frame_images(G, z, 3, 32, torch.device("cpu"))
+    assert frames.shape == (5, 3, 32, 32, 3)
+    for c in range(3):  # row c is class c along the same noise path
+        alone = to_uint8(draw(G, z, torch.device("cpu"), torch.full((5,), c)), 32)
+        assert np.array_equal(frames[:, c], alone)
+    assert not np.array_equal(frames[:, 0], frames[:, 1])
+
+
 def test_keep_top_keeps_exactly_n_distinct_in_pool_order():
     scores = [0.5, 2.0, -1.0, 2.0, 0.7]
     assert keep_top(scores, 2).tolist() == [1, 3]
