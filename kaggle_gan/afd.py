@@ -118,10 +118,13 @@ class CascadeDetector(Detector):
         return cv2.equalizeHist(x) if p.equalize_hist else x
 
     def detect(self, image: np.ndarray) -> List[Detection]:
+        return self._grouped(self._input(image))
+
+    def _grouped(self, x: np.ndarray) -> List[Detection]:
+        """Detections in an image already through :meth:`_input`, grouped as the rate counts them."""
         p = self.params
         boxes, neighbours = self._cascade.detectMultiScale2(
-            self._input(image), scaleFactor=p.scale_factor, minNeighbors=p.min_neighbors,
-            minSize=(p.min_size, p.min_size)
+            x, scaleFactor=p.scale_factor, minNeighbors=p.min_neighbors, minSize=(p.min_size, p.min_size)
         )
         return [
             Detection(int(b[0]), int(b[1]), int(b[2]), int(b[3]), float(s))
@@ -134,13 +137,12 @@ class CascadeDetector(Detector):
         The windows come ungrouped (minNeighbors 0), so an image the rate does
         not count still gets a confidence from its best near-miss.
         """
-        p = self.params
+        p, x = self.params, self._input(image)
         _boxes, _levels, weights = self._cascade.detectMultiScale3(
-            self._input(image), scaleFactor=p.scale_factor, minNeighbors=0, minSize=(p.min_size, p.min_size),
-            outputRejectLevels=True,
+            x, scaleFactor=p.scale_factor, minNeighbors=0, minSize=(p.min_size, p.min_size), outputRejectLevels=True,
         )
         weights = np.asarray(weights, dtype=np.float64).reshape(-1)
-        return bool(self.detect(image)), float(weights.max()) if weights.size else -np.inf
+        return bool(self._grouped(x)), float(weights.max()) if weights.size else -np.inf
 
     def describe(self) -> dict:
         return {"name": self.name, "file": str(self.path), "sha256": self.sha256, "params": asdict(self.params)}

@@ -25,7 +25,7 @@ from .afd import make_detector
 from .checkpoint import FORMAT, GENERATOR_FORMAT, load_file, load_latest
 from .config import Config
 from .curate import SELECTORS, critic_scores, detector_scores, keep_top, load_critic
-from .io import UserError, current_umask, read_json, write_failure, write_json
+from .io import UserError, current_umask, read_json, write_failure, write_json, written_by
 from .models import build_models
 from .runtime import resolve_device
 from .sampling import DRAW_BATCH, batches, classes_of, draw, noise, parse_seeds, truncation_threshold
@@ -264,13 +264,11 @@ def _written_files(folder: Path) -> Optional[set]:
     """The files an earlier generate wrote into ``folder``, or None when nothing says it wrote there."""
     marker = folder / MARKER
     if marker.is_file():
+        meta = written_by(marker, WRITTEN_BY)
         try:
-            meta = read_json(marker)
-            if meta.get("written_by") == WRITTEN_BY:
-                return {MARKER, *meta["files"]}
-        except (OSError, ValueError, AttributeError, KeyError, TypeError):
+            return {MARKER, *meta["files"]} if meta is not None else None
+        except (KeyError, TypeError):  # a marker of ours, damaged by hand
             return None
-        return None
     sidecar = folder.parent / f"{folder.name}.json"  # a folder written before the marker existed
     if sidecar.is_file() and _ours(sidecar):
         return {f"{i}.jpg" for i in range(1, int(read_json(sidecar)["count"]) + 1)}

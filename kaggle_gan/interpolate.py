@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .io import UserError, atomic_path, read_json, write_json
+from .io import UserError, atomic_path, write_json, written_by
 
 WRITTEN_BY = "kaggle_gan interpolate"
 STRIP_FRAMES = 8
@@ -108,11 +108,7 @@ def _check_replaceable(targets: Dict[str, Path]) -> None:
     present = [p for p in targets.values() if p.exists()]
     if not present:
         return
-    try:
-        ours = read_json(targets["json"]).get("written_by") == WRITTEN_BY
-    except (OSError, ValueError, AttributeError):
-        ours = False
-    if not ours:
+    if written_by(targets["json"], WRITTEN_BY) is None:
         raise UserError(f"refusing to replace {present[0]}: kaggle_gan did not write it; move it or choose another "
                         "--out")
 

@@ -132,6 +132,15 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def written_by(path: Path, who: str) -> Optional[dict]:
+    """The JSON object at ``path`` when its ``written_by`` is ``who``; None when missing, damaged or another's."""
+    try:
+        meta = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("written_by") == who else None
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

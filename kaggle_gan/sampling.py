@@ -99,20 +99,15 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
     passes through the low-norm middle the generator rarely saw; the great
     circle (scaled between the two norms) does not.
     """
+    if t in (0, 1):
+        return (a if t == 0 else b).clone()
     a64, b64 = a.double(), b.double()
     na, nb = a64.norm(), b64.norm()
-    cos = torch.dot(a64 / na, b64 / nb).clamp(-1, 1)
-    omega = torch.arccos(cos)
+    omega = torch.arccos(torch.dot(a64 / na, b64 / nb).clamp(-1, 1))
     if omega.item() < 1e-6:
-        out = (1 - t) * a64 + t * b64
-    else:
-        direction = (torch.sin((1 - t) * omega) * a64 / na + torch.sin(t * omega) * b64 / nb) / torch.sin(omega)
-        out = direction * ((1 - t) * na + t * nb)
-    if t == 0:
-        return a.clone()
-    if t == 1:
-        return b.clone()
-    return out.to(a.dtype)
+        return ((1 - t) * a64 + t * b64).to(a.dtype)
+    direction = (torch.sin((1 - t) * omega) * a64 / na + torch.sin(t * omega) * b64 / nb) / torch.sin(omega)
+    return (direction * ((1 - t) * na + t * nb)).to(a.dtype)
 
 
 def path(z: torch.Tensor, frames: int) -> torch.Tensor:
