@@ -43,9 +43,10 @@ def interpolate(
     """Write the GIF, MP4 (when possible), strip PNG and JSON for ``seeds``; returns {kind: path}."""
     from .generate import load_generator
     from .runtime import resolve_device
-    from .sampling import noise, parse_seeds, path, truncation_threshold
+    from .sampling import check_path, noise, parse_seeds, path, truncation_threshold
 
     seeds = parse_seeds(seeds) if isinstance(seeds, str) else [int(s) for s in seeds]
+    check_path(len(seeds), frames)  # before the generator loads
     truncation_threshold(truncation)
     if fps < 1 or size < 8:
         raise UserError(f"--fps must be >= 1 and --size >= 8, got {fps} and {size}")

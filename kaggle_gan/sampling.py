@@ -110,12 +110,17 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
     return (direction * ((1 - t) * na + t * nb)).to(a.dtype)
 
 
+def check_path(seeds: int, frames: int) -> None:
+    """A walk needs two or more seeds and a frame for each."""
+    if seeds < 2 or frames < seeds:
+        raise UserError(f"--frames must be at least the number of seeds ({seeds}), and --seeds must list two or "
+                        f"more; got {frames} frames for {seeds} seed(s)")
+
+
 def path(z: torch.Tensor, frames: int) -> torch.Tensor:
     """(frames, z_dim): spherical interpolation through the rows of ``z`` in order; row i lands exactly on
     frame round(i * (frames - 1) / (len(z) - 1)), the first on frame 0 and the last on the last frame."""
-    if len(z) < 2 or frames < len(z):
-        raise UserError(f"--frames must be at least the number of seeds ({len(z)}), and --seeds must list two or "
-                        f"more; got {frames} frames for {len(z)} seed(s)")
+    check_path(len(z), frames)
     stops = [round(i * (frames - 1) / (len(z) - 1)) for i in range(len(z))]
     out = []
     for i in range(len(z) - 1):

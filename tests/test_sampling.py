@@ -110,6 +110,9 @@ def test_interpolation_starts_and_ends_on_the_seeds_images(run, tmp_path):
         assert np.array_equal(np.asarray(strip.convert("RGB"))[:, :64], frames[0, 0])  # PNG: lossless
     assert read_json(out["json"])["seeds"] == [1, 2, 3]
     interpolate(run, "1,2,3", frames=9, out=tmp_path / "walk", size=64, device="cpu")  # its own files: replaced
+    with pytest.raises(UserError, match="two or more"):
+        interpolate(run, "1", frames=5, out=tmp_path / "alone", size=64, device="cpu")
+    assert not list(tmp_path.glob("alone*"))
     (tmp_path / "mine.gif").write_bytes(b"a user's file")
     with pytest.raises(UserError, match="did not write"):
         interpolate(run, "1,2", frames=4, out=tmp_path / "mine", size=64, device="cpu")
