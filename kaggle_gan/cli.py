@@ -114,6 +114,17 @@ def _cgan(a):
          per_class=a.per_class, device=a.device, cache=Path(a.work) / "cache" / "classifier")
 
 
+def _iclevr(a):
+    from .config import parse_set
+    from .experiments.iclevr import describe, iclevr
+
+    if a.presets:
+        print(describe())
+        return
+    iclevr(Path(a.out or Path(a.work) / "iclevr"), data=a.data or None, overrides=parse_set(a.set), scenes=a.scenes,
+           evaluator=a.evaluator, device=a.device, cache=Path(a.work) / "cache" / "grader")
+
+
 def _leaderboard(a):
     from .leaderboard import format_leaderboard, leaderboard
 
@@ -152,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
     s.add_argument("--force", action="store_true", help="prepare again even if up to date")
     s.add_argument("--labels", help="labelled data for a conditional GAN: 'folders' (DATA/class_name/*.jpg) "
-                   "or a CSV of filename,label rows")
+                   "or a CSV of filename,label rows, or 'iclevr' (the i-CLEVR lab's objects.json + train.json + images/)")
 
     s = command("train", _train, "train a preset (resumes an interrupted run)")
     s.add_argument("--preset", default="baseline", help="baseline, medium, wgan, strong, boss, smoke")
@@ -285,6 +296,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set loss.aux_weight=0.5 --set loss.name=wgan-gp (repeatable)")
     s.add_argument("--presets", action="store_true", help="print the cgan preset and exit")
+    s.add_argument("--device", default="auto")
+
+    s = command("iclevr", _iclevr, "multi-object conditional GAN (the i-CLEVR lab): render, train, grade on "
+                "test.json and new_test.json")
+    s.add_argument("--data", help="a real i-CLEVR folder (objects.json, train.json, test.json, new_test.json, "
+                   "images/); default: render scenes")
+    s.add_argument("--scenes", type=int, default=18_000, help="scenes to render when no --data (default: %(default)s)")
+    s.add_argument("--evaluator", help="the lab's evaluator checkpoint (ResNet-18, 24-way sigmoid) to grade with "
+                   "instead of our classifier")
+    s.add_argument("--out", help="output folder (default: WORK/iclevr)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --set train.max_steps=3000 (repeatable)")
+    s.add_argument("--presets", action="store_true", help="print the iclevr preset and exit")
     s.add_argument("--device", default="auto")
 
     command("leaderboard", _leaderboard, "every scored run, best first")

@@ -20,7 +20,8 @@ from .io import UserError, atomic_path, read_json
 @dataclass(frozen=True)
 class Prepared:
     """A prepared data folder: ``images`` is (N, H, W, 3) uint8, memory-mapped; ``labels`` (N,) int64
-    class indices into ``classes`` (the class names), or None for unlabelled data."""
+    class indices into ``classes`` (the class names), (N, K) 0/1 sets of them (i-CLEVR's objects),
+    or None for unlabelled data."""
 
     folder: Path
     images: np.ndarray
@@ -51,7 +52,8 @@ def load_prepared(folder: Path) -> Prepared:
 
 
 class Batch(NamedTuple):
-    """What a data source serves the training loop: inputs ``x`` and, for labelled data, class indices ``y`` (B,)."""
+    """What a data source serves the training loop: inputs ``x`` and, for labelled data, ``y``:
+    class indices (B,) long, or sets of classes (B, K) float multi-hot."""
 
     x: "torch.Tensor"  # noqa: F821
     y: Optional["torch.Tensor"] = None  # noqa: F821
@@ -90,6 +92,7 @@ class Source(Protocol):
 
     device: "torch.device"  # noqa: F821
     classes: int  # 0 = unlabelled
+    multi_label: bool  # labels are (B, K) multi-hot sets of the classes, not (B,) indices
     sha256: str  # identity of the data: a resumed run must see the same
 
     def __len__(self) -> int: ...
@@ -108,7 +111,7 @@ class DeviceImages:
     """The prepared uint8 images (and their labels) held on the training device, served as float batches.
 
     The training loop's image source. A source offers ``len()``, ``device``,
-    ``classes`` (0 = unlabelled), ``sha256`` (what a resumed run must match),
+    ``classes`` (0 = unlabelled), ``multi_label``, ``sha256`` (what a resumed run must match),
     ``batch(index, generator, keep)``, ``fixed_inputs(z_dim, seed)`` and
     ``picture(fake, critic, path)``; :class:`kaggle_gan.experiments.toy.Points` is the other one.
     Sampling, flipping and normalising happen on the device; the host only
@@ -123,7 +126,12 @@ class DeviceImages:
         data = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2)  # (N, 3, H, W) uint8, a writable copy
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.data = data.contiguous(memory_format=memory_format).to(self.device)
-        self.labels = None if labels is None else torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(self.device)
+        self.multi_label = labels is not None and np.ndim(labels) == 2
+        if labels is not None:  # class indices (B,) long, or sets (B, K) as float multi-hot rows
+            labels = np.asarray(labels, dtype=np.float32 if self.multi_label else np.int64)
+            self.labels = torch.from_numpy(labels).to(self.device)
+        else:
+            self.labels = None
         self.channels_last, self.classes, self.flip, self.sha256 = channels_last, classes, flip, sha256
 
     def __len__(self) -> int:
@@ -149,17 +157,35 @@ class DeviceImages:
         return Batch(x, None if self.labels is None else self.labels.index_select(0, index))
 
     def fixed_inputs(self, z_dim: int, seed: int) -> Batch:
-        """The noise (and labels) of the run's sample grids: 64 images, or 8 a class with one row per class."""
+        """The noise (and labels) of the run's sample grids: 64 images, or 8 a class with one row per class
+        (for sets: one row for each of the first 8 distinct sets of the data)."""
         import torch
 
         if not self.classes:
             return Batch(fixed_noise(64, z_dim, seed))
+        if self.multi_label:
+            sets = first_distinct(self.labels.cpu(), 8)
+            return Batch(fixed_noise(8, z_dim, seed).repeat(len(sets), 1), sets.repeat_interleave(8, 0))
         z = fixed_noise(8, z_dim, seed).repeat(self.classes, 1)  # the same 8 noises in every row
         return Batch(z, torch.arange(self.classes).repeat_interleave(8))
 
     def picture(self, fake, critic, path: Path) -> None:
         """Save ``fake`` (B, 3, H, W) in [-1, 1] as a grid 8 wide (a row per class for labelled data)."""
         save_grid(fake, path, nrow=8)
+
+
+def first_distinct(rows: "torch.Tensor", n: int) -> "torch.Tensor":  # noqa: F821
+    """The first ``n`` distinct rows of ``rows`` (B, K), in order of first appearance."""
+    import torch
+
+    seen, keep = set(), []
+    for i, row in enumerate(rows.tolist()):
+        if tuple(row) not in seen:
+            seen.add(tuple(row))
+            keep.append(i)
+            if len(keep) == n:
+                break
+    return rows[torch.tensor(keep)]
 
 
 def open_images(data_dir: Path, cfg: "Config", device, channels_last: bool = False) -> "DeviceImages":  # noqa: F821

@@ -1,13 +1,13 @@
 """The exponential moving average of the generator's weights, with batch-norm statistics measured for it."""
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from .models import bind
+from .conditional import bind
 
 
 STANDING_BATCHES = 16  # batches of noise that measure the EMA generator's batch-norm statistics
@@ -52,12 +52,14 @@ class EMA:
         self._calibrated_at = -1  # measure again: checkpoints of older versions hold averaged statistics
 
     @torch.no_grad()
-    def calibrated(self, z_dim: int, classes: int, batch_size: int, device: torch.device) -> nn.Module:
+    def calibrated(self, z_dim: int, classes: int, batch_size: int, device: torch.device,
+                   sets: Optional[torch.Tensor] = None) -> nn.Module:
         """The averaged generator, in eval mode, with batch-norm statistics measured for its weights.
 
         Each batch norm's running mean and variance become the plain average
         over ``STANDING_BATCHES`` training-sized batches of noise (and uniform
-        labels for a conditional generator) drawn from a fixed seed, so the
+        labels for a conditional generator, or rows drawn from ``sets``, the
+        data's (N, K) object sets, for a multi-label one) drawn from a fixed seed, so the
         result depends on the weights alone: not on when it is called, and
         without touching the training's random streams.
         """
@@ -72,7 +74,10 @@ class EMA:
             noise = torch.Generator().manual_seed(STANDING_SEED)
             for _ in range(STANDING_BATCHES):
                 z = torch.randn(batch_size, z_dim, generator=noise).to(device)
-                y = torch.randint(classes, (batch_size,), generator=noise).to(device) if classes else None
+                if sets is not None:
+                    y = sets[torch.randint(len(sets), (batch_size,), generator=noise).to(sets.device)].to(device)
+                else:
+                    y = torch.randint(classes, (batch_size,), generator=noise).to(device) if classes else None
                 bind(G, y)(z)
             for m, momentum in zip(norms, momenta):
                 m.momentum = momentum

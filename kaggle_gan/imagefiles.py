@@ -43,8 +43,9 @@ def _to_rgb(img):
     return img.convert("RGB")
 
 
-def decode_image(data: bytes, size: int, resample: str = "bilinear") -> np.ndarray:
-    """Bytes of any image file -> (size, size, 3) uint8, centre-cropped to a square.
+def decode_image(data: bytes, size: int, resample: str = "bilinear", fit: str = "crop") -> np.ndarray:
+    """Bytes of any image file -> (size, size, 3) uint8: centre-cropped to a square (``fit="crop"``), or
+    resized whole to a square (``"squash"``, as the i-CLEVR lab does with its 320x240 frames).
 
     Raises ``ValueError`` with a short reason for anything that is not a usable image.
     """
@@ -76,10 +77,10 @@ def decode_image(data: bytes, size: int, resample: str = "bilinear") -> np.ndarr
             raise ValueError(f"corrupt or truncated ({type(err).__name__}: {err})") from err
     img = _to_rgb(img)
     side = min(w, h)
-    if w != h:
+    if w != h and fit == "crop":
         left, top = (w - side) // 2, (h - side) // 2
         img = img.crop((left, top, left + side, top + side))
-    if side != size:
+    if img.size != (size, size):
         img = img.resize((size, size), getattr(Image.Resampling, resample.upper()))
     arr = np.asarray(img, dtype=np.uint8)
     if arr.shape != (size, size, 3):

@@ -214,7 +214,7 @@ class WithClassifier(GANLoss):
     """Any loss plus an auxiliary classifier's cross-entropy (AC-GAN, Odena et al. 2017), weighted ``weight``.
 
     For conditional runs: ``D`` is the critic bound to the batch's labels
-    (:class:`kaggle_gan.models.Bound`), whose ``class_loss(x)`` is the
+    (:class:`kaggle_gan.conditional.Bound`), whose ``class_loss(x)`` is the
     classifier head's cross-entropy against them. The critic learns to
     classify real images only (classifying fakes too rewards it for what the
     generator got wrong, and costs diversity); the generator is pushed towards

@@ -7,10 +7,9 @@ the sample's network (tests check the parameter counts).
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 RESOLUTIONS = (32, 64, 96, 128)
@@ -267,115 +266,6 @@ class MLPCritic(nn.Module):
         return self.body(x).flatten()
 
 
-# --- class-conditional pair (kaggle_gan.experiments.cgan) -----------------------------------------
-
-class ConditionalBatchNorm2d(nn.Module):
-    """Batch norm whose gain and bias are looked up per class: x (B, C, H, W), y (B,) -> (B, C, H, W).
-
-    The normalisation is shared; each class owns a (gain, bias) pair,
-    starting at (1, 0), so the label steers every layer of the generator
-    (de Vries et al. 2017; Miyato & Koyama 2018).
-    """
-
-    def __init__(self, channels: int, classes: int):
-        super().__init__()
-        self.norm = nn.BatchNorm2d(channels, affine=False)
-        self.gain = nn.Embedding(classes, channels)
-        self.bias = nn.Embedding(classes, channels)
-        nn.init.ones_(self.gain.weight)
-        nn.init.zeros_(self.bias.weight)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.norm(x) * self.gain(y)[:, :, None, None] + self.bias(y)[:, :, None, None]
-
-
-class ConditionalGenerator(nn.Module):
-    """z (B, z_dim), labels y (B,) long -> images (B, 3, R, R) in [-1, 1].
-
-    The DCGAN generator's layout with every batch norm made conditional;
-    ``cond_input`` also joins the label to z at the input: a learned code
-    (``embed``) or a one-hot vector (``onehot``), both ``classes`` wide, or
-    nothing (``none``: the norms alone carry the label).
-    """
-
-    def __init__(self, z_dim: int, width: int, resolution: int, classes: int, cond_input: str = "embed"):
-        super().__init__()
-        base, steps = _plan(resolution)
-        ch = _widths(width, steps)
-        self.z_dim, self.base, self.top, self.classes = z_dim, base, ch[0], classes
-        self.cond_input = cond_input
-        self.embed = nn.Embedding(classes, classes) if cond_input == "embed" else None
-        n_in = z_dim + (classes if cond_input != "none" else 0)
-        self.project = nn.Linear(n_in, ch[0] * base * base, bias=False)
-        self.norms = nn.ModuleList([ConditionalBatchNorm2d(c, classes) for c in ch])
-        self.convs = nn.ModuleList([nn.ConvTranspose2d(a, b, 5, 2, padding=2, output_padding=1, bias=False)
-                                    for a, b in zip(ch[:-1], ch[1:])])
-        self.to_rgb = nn.ConvTranspose2d(ch[-1], 3, 5, 2, padding=2, output_padding=1, bias=False)
-
-    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.cond_input == "embed":
-            z = torch.cat([z, self.embed(y)], 1)
-        elif self.cond_input == "onehot":
-            z = torch.cat([z, F.one_hot(y, self.classes).to(z.dtype)], 1)
-        x = self.project(z).view(z.shape[0], self.top, self.base, self.base)
-        x = torch.relu(self.norms[0](x, y))
-        for conv, norm in zip(self.convs, self.norms[1:]):
-            x = torch.relu(norm(conv(x), y))
-        return torch.tanh(self.to_rgb(x))
-
-
-class ProjectionCritic(nn.Module):
-    """images (B, 3, R, R), labels y (B,) -> scores (B,); with ``logits=True`` also class logits (B, classes).
-
-    The DCGAN critic's convolutions give features h (summed over positions);
-    the score is psi(h) + <embed(y), h> (the projection discriminator of
-    Miyato & Koyama 2018). ``aux_classifier`` adds a linear head on the same
-    h that predicts the class (AC-GAN, Odena et al. 2017).
-    """
-
-    def __init__(self, width: int, resolution: int, norm: str, classes: int, aux_classifier: bool = False):
-        super().__init__()
-        _base, steps = _plan(resolution)
-        ch = _widths(width, steps)[::-1]
-        layers: List[nn.Module] = [nn.Conv2d(3, ch[0], 4, 2, 1), nn.LeakyReLU(0.2)]
-        for c_in, c_out in zip(ch[:-1], ch[1:]):
-            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1), _norm2d(norm, c_out), nn.LeakyReLU(0.2)]
-        self.body = nn.Sequential(*layers)
-        self.psi = nn.Linear(ch[-1], 1)
-        self.embed = nn.Embedding(classes, ch[-1])
-        self.classify = nn.Linear(ch[-1], classes) if aux_classifier else None
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor, logits: bool = False):
-        h = self.body(x).sum(dim=(2, 3))
-        score = self.psi(h).flatten() + (self.embed(y) * h).sum(1)
-        if not logits:
-            return score
-        if self.classify is None:
-            raise ValueError("this critic has no auxiliary classifier (loss.aux_weight=0)")
-        return score, self.classify(h)
-
-
-class Bound(nn.Module):
-    """``net(x, y)`` seen as ``net(x)``, the labels ``y`` fixed for one step.
-
-    The loop hands a conditional critic to the loss objects through this, so
-    every loss (and the gradient penalty, whose mixed images share the real
-    batch's labels) works unchanged. Holds no parameters of its own.
-    """
-
-    def __init__(self, net: nn.Module, y: torch.Tensor):
-        super().__init__()
-        self.net, self.y = net, y
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x, self.y)
-
-    def class_loss(self, x: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of the critic's auxiliary classifier on ``x`` against the bound labels."""
-        _score, logits = self.net(x, self.y, logits=True)
-        return F.cross_entropy(logits.float(), self.y)
-
-
 @contextlib.contextmanager
 def evaluating(*nets: nn.Module) -> Iterator[Tuple[nn.Module, ...]]:
     """``nets`` in eval mode for the block, each back in its own mode afterwards."""
@@ -387,11 +277,6 @@ def evaluating(*nets: nn.Module) -> Iterator[Tuple[nn.Module, ...]]:
     finally:
         for n, mode in zip(nets, modes):
             n.train(mode)
-
-
-def bind(net: nn.Module, y: Optional[torch.Tensor]) -> nn.Module:
-    """``net`` itself for unlabelled data, else ``net`` with the labels ``y`` bound."""
-    return net if y is None else Bound(net, y)
 
 
 ARCHS = ("dcgan", "resnet", "mlp")
@@ -406,6 +291,8 @@ def build_models(model_cfg, aux_classifier: bool = False) -> Tuple[nn.Module, nn
     c = model_cfg
     classes = getattr(c, "classes", 0)
     if c.arch == "dcgan" and classes:
+        from .conditional import ConditionalGenerator, ProjectionCritic
+
         G = ConditionalGenerator(c.z_dim, c.g_width, c.resolution, classes, c.cond_input)
         D = ProjectionCritic(c.d_width, c.resolution, c.d_norm, classes, aux_classifier)
         init = init_weights

@@ -158,11 +158,11 @@ def _read(source: str, name: str) -> bytes:
 
 
 def _decode_chunk(args) -> List[Tuple[Optional[np.ndarray], str]]:
-    source, names, size, resample = args
+    source, names, size, resample, fit = args
     out = []
     for name in names:
         try:
-            out.append((decode_image(_read(source, name), size, resample), ""))
+            out.append((decode_image(_read(source, name), size, resample, fit), ""))
         except ValueError as err:
             out.append((None, str(err)))
         except Exception as err:  # zip CRC errors, permission errors, ...
@@ -170,11 +170,12 @@ def _decode_chunk(args) -> List[Tuple[Optional[np.ndarray], str]]:
     return out
 
 
-def _decode_all(source: Path, is_zip: bool, names: Sequence[str], size: int, resample: str, workers: int):
+def _decode_all(source: Path, is_zip: bool, names: Sequence[str], size: int, resample: str, workers: int,
+                fit: str = "crop"):
     from tqdm.auto import tqdm
 
     chunk = 256
-    tasks = [(str(source), names[i : i + chunk], size, resample) for i in range(0, len(names), chunk)]
+    tasks = [(str(source), names[i : i + chunk], size, resample, fit) for i in range(0, len(names), chunk)]
     bar = tqdm(total=len(names), unit="img", desc="prepare")
     results: List[Tuple[Optional[np.ndarray], str]] = []
     if workers <= 1 or len(tasks) == 1:
@@ -247,7 +248,9 @@ def prepare(
     ``labels`` makes a labelled data set (``labels.npy`` beside ``images.npy``,
     class names in ``prepare.json``): ``"folders"`` takes each image's class
     from its folder (``class_name/*.jpg``), any other value is a CSV file of
-    ``filename,label`` rows (file names relative to ``data``). A no-op when
+    ``filename,label`` rows (file names relative to ``data``), and ``"iclevr"``
+    reads the i-CLEVR lab's layout (``objects.json``, ``train.json``,
+    ``images/``) into (N, K) multi-hot object sets. A no-op when
     ``out`` already holds the same input at the same size, filter and labels.
     """
     if size < 8 or size > 1024:
@@ -269,6 +272,8 @@ def _label_spec(labels: Optional[str]) -> Optional[dict]:
         return None
     if labels == "folders":
         return {"kind": "folders"}
+    if labels == "iclevr":
+        return {"kind": "iclevr"}  # completed by _iclevr_spec once the source is known
     path = Path(labels).expanduser()
     if not path.is_file():
         raise UserError(f"labels file not found: {path}; pass --labels folders or a CSV of filename,label rows")
@@ -295,9 +300,65 @@ def read_label_csv(path: Path) -> Dict[str, str]:
     return out
 
 
-def _assign_labels(spec: dict, names: List[str], source: Path) -> Tuple[List[str], List[Optional[str]]]:
-    """The label of every listed file (None: skipped, reported in the manifest), for a label spec."""
+ICLEVR_IMAGE_DIRS = ("images", "iclevr", ".")  # where the lab's layout keeps the files train.json names
+
+
+def _iclevr_spec(source: Path) -> dict:
+    """``--labels iclevr``: the lab's ``objects.json`` (name -> index) and ``train.json`` (file -> object
+    names) in ``source``, the images in its ``images/`` or ``iclevr/`` folder or beside the JSON files."""
+    if source.is_file():
+        raise UserError(f"--labels iclevr needs a folder holding objects.json and train.json, not {source}")
+    missing = [f for f in ("objects.json", "train.json") if not (source / f).is_file()]
+    if missing:
+        raise UserError(f"{source} has no {' or '.join(missing)}; --labels iclevr needs the lab's layout "
+                        "(objects.json, train.json, images/)")
+    objects = read_json(source / "objects.json")
+    if not isinstance(objects, dict) or sorted(objects.values()) != list(range(len(objects))):
+        raise UserError(f"{source / 'objects.json'} must map each object name to an index 0..K-1")
+    return {"kind": "iclevr", "file": str(source / "train.json"), "sha256": sha256_file(source / "train.json"),
+            "objects": [name for name, _i in sorted(objects.items(), key=lambda kv: kv[1])]}
+
+
+def _iclevr_labels(spec: dict, posix: List[str], source: Path) -> List[Optional[Tuple[str, ...]]]:
+    """Each listed file's object set from train.json (None when it names the file not)."""
+    table = read_json(Path(spec["file"]))
+    if not isinstance(table, dict) or not table:
+        raise UserError(f"{spec['file']} must map file names to lists of object names")
+    first = next(iter(table))
+    folder = next((d for d in ICLEVR_IMAGE_DIRS if (source / d / first).is_file()), None)
+    if folder is None:
+        raise UserError(f"{first} (named first in train.json) is in none of {', '.join(ICLEVR_IMAGE_DIRS)} "
+                        f"under {source}; put the images in {source / 'images'}")
+    known = set(spec["objects"])
+    sets = {}
+    for name, objects in table.items():
+        bad = [o for o in objects if o not in known] if isinstance(objects, list) else [objects]
+        if bad:
+            raise UserError(f"{spec['file']}: {name} names {bad[0]!r}, which objects.json does not list")
+        sets[name if folder == "." else f"{folder}/{name}"] = tuple(objects)
+    unknown = sorted(set(sets) - set(posix))
+    if unknown:
+        raise UserError(f"{spec['file']} names {len(unknown)} file(s) not in {source}, e.g. {unknown[0]}")
+    return [sets.get(n) for n in posix]
+
+
+def multi_hot(sets: Sequence[Sequence[str]], index: Dict[str, int]) -> np.ndarray:
+    """(len(sets), len(index)) float32, 1 where an object is asked for (an object named twice counts once)."""
+    out = np.zeros((len(sets), len(index)), np.float32)
+    for row, names in enumerate(sets):
+        for name in names:
+            if name not in index:
+                raise ValueError(f"unknown object {name!r}; objects.json lists {len(index)}, e.g. {next(iter(index))!r}")
+            out[row, index[name]] = 1
+    return out
+
+
+def _assign_labels(spec: dict, names: List[str], source: Path) -> Tuple[List[str], list]:
+    """The label of every listed file (None: skipped, reported in the manifest), for a label spec:
+    a class name, or for ``iclevr`` a tuple of object names."""
     posix = [n.replace(os.sep, "/") for n in names]
+    if spec["kind"] == "iclevr":
+        return names, _iclevr_labels(spec, posix, source)
     if spec["kind"] == "folders":
         loose = [n for n in posix if "/" not in n]
         if loose:
@@ -316,6 +377,8 @@ def _prepare_locked(data: str, source: Path, out: Path, size: int, resample: str
                     force: bool, labels: Optional[str] = None) -> Prepared:
     fp = fingerprint(source)
     spec = _label_spec(labels)
+    if spec and spec["kind"] == "iclevr":
+        spec = _iclevr_spec(source)
     want = {"fingerprint": fp, "size": size, "resample": resample, "labels": spec}
     done = out / "prepare.json"
     if not force and done.is_file() and (out / "images.npy").is_file():
@@ -332,12 +395,16 @@ def _prepare_locked(data: str, source: Path, out: Path, size: int, resample: str
     names.sort(key=natural_key)
     names_labels: List[Optional[str]] = [None] * len(names)
     if spec:
+        if spec["kind"] == "iclevr":  # the layout's own JSON files are not images
+            names = [n for n in names if not n.lower().endswith(".json")]
         names, names_labels = _assign_labels(spec, names, source)
-        refused += [(n, "no label in the CSV") for n, lab in zip(names, names_labels) if lab is None]
+        unlabelled = "not in train.json" if spec["kind"] == "iclevr" else "no label in the CSV"
+        refused += [(n, unlabelled) for n, lab in zip(names, names_labels) if lab is None]
         keep = [i for i, lab in enumerate(names_labels) if lab is not None]
         names, names_labels = [names[i] for i in keep], [names_labels[i] for i in keep]
     workers = workers or max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-    results = _decode_all(source, is_zip, names, size, resample, workers)
+    fit = "squash" if spec and spec["kind"] == "iclevr" else "crop"  # the lab resizes its 320x240 frames whole
+    results = _decode_all(source, is_zip, names, size, resample, workers, fit)
 
     import pandas as pd
 
@@ -356,10 +423,8 @@ def _prepare_locked(data: str, source: Path, out: Path, size: int, resample: str
         reasons = manifest.reason.value_counts().head(3).to_dict()
         raise UserError(f"no usable image in {source} ({len(rows)} files; reasons: {reasons}); check DATA=")
 
-    classes = sorted(set(kept_labels), key=natural_key) if spec else None
-    index = {c: i for i, c in enumerate(classes or [])}
-    prepared = write_prepared(out, np.stack(arrays), manifest, dict(want, source=str(data)),
-                              np.array([index[c] for c in kept_labels]) if spec else None, classes)
+    classes, label_array = _label_array(spec, kept_labels)
+    prepared = write_prepared(out, np.stack(arrays), manifest, dict(want, source=str(data)), label_array, classes)
     print(f"prepare: kept {len(arrays)} images, skipped {skipped} (see {out / 'manifest.csv'})"
           + (f"; {len(classes)} classes" if classes else ""))
     if skipped:
@@ -367,10 +432,22 @@ def _prepare_locked(data: str, source: Path, out: Path, size: int, resample: str
     return prepared
 
 
+def _label_array(spec: Optional[dict], labels: list) -> Tuple[Optional[List[str]], Optional[np.ndarray]]:
+    """(class names, labels.npy's array): (N,) class indices, or for ``iclevr`` (N, K) multi-hot."""
+    if not spec:
+        return None, None
+    if spec["kind"] == "iclevr":
+        classes = list(spec["objects"])
+        return classes, multi_hot(labels, {c: i for i, c in enumerate(classes)})
+    classes = sorted(set(labels), key=natural_key)
+    index = {c: i for i, c in enumerate(classes)}
+    return classes, np.array([index[c] for c in labels])
+
+
 def write_prepared(out: Path, images: np.ndarray, manifest, meta: dict, labels: Optional[np.ndarray] = None,
                    classes: Optional[List[str]] = None) -> Prepared:
-    """Write a prepared folder: ``images.npy`` (N, H, W, 3) uint8, ``labels.npy`` (N,) int64 indices into
-    ``classes`` when labelled, ``manifest.csv``, and ``prepare.json`` last (it marks the folder finished)."""
+    """Write a prepared folder: ``images.npy`` (N, H, W, 3) uint8, ``labels.npy`` when labelled ((N,) int64
+    indices into ``classes``, or (N, K) 0/1 int64 sets of them), ``manifest.csv``, and ``prepare.json`` last (it marks the folder finished)."""
     import contextlib
 
     out.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ What a loss receives as ``D`` is built in this order (the constructor applies
 2. DiffAugment (``train.augment``): the loss sees ``D(augment(x))`` for real,
    fake and penalty points alike;
 3. ``torch.compile`` (``train.compile``), the critic only where it can be;
-4. label binding (:func:`kaggle_gan.models.bind`) for conditional runs.
+4. label binding (:func:`kaggle_gan.conditional.bind`) for conditional runs.
 
 ``self.G`` and ``self.D`` stay the plain modules: state dicts, the EMA copy
 and pictures use them.
@@ -33,7 +33,8 @@ from .config import Config
 from .data import Batch
 from .ema import EMA
 from .losses import StepContext, build_loss
-from .models import bind, build_models, legacy_bias_keys
+from .conditional import bind
+from .models import build_models, legacy_bias_keys
 from .precision import choose_precision, drop_parameters, make_optimizer
 from .runtime import random_state, set_random_state
 
@@ -51,6 +52,7 @@ class GANStep:
         self.G.to(device, memory_format=memory_format)
         self.D.to(device, memory_format=memory_format)
         self.ema = EMA(self.G, t.ema_decay) if t.ema_decay > 0 else None
+        self.sets: Optional[torch.Tensor] = None  # multi-label data's (N, K) sets: what the EMA calibrates with
         self.loss = build_loss(cfg.loss)
         self.opt_G = make_optimizer(self.G.parameters(), cfg, cfg.optim.lr_g, device)
         self.opt_D = make_optimizer(self.D.parameters(), cfg, cfg.optim.lr_d, device)
@@ -133,7 +135,7 @@ class GANStep:
         if self.ema is None:
             return self.G
         m = self.cfg.model
-        return self.ema.calibrated(m.z_dim, m.classes, self.cfg.train.batch_size, self.device)
+        return self.ema.calibrated(m.z_dim, m.classes, self.cfg.train.batch_size, self.device, self.sets)
 
     # --- state -------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ or the toy's 2-D points (:class:`kaggle_gan.experiments.toy.Points`). A source s
 batches ``(x, y)`` (``y`` None when unlabelled) for positions of the
 epoch's order, and draws the run's pictures. For labelled data the fake
 batch takes the real batch's labels, and the losses receive the critic
-bound to them (:class:`kaggle_gan.models.Bound`), so no loss knows about labels.
+bound to them (:class:`kaggle_gan.conditional.Bound`), so no loss knows about labels.
 
 Run folder layout::
 
@@ -38,7 +38,8 @@ from .data import Batch, Source, open_images
 from .evaluate import Evaluator
 from .io import RunLock, UserError, write_json
 from .losses import DIAGNOSTICS
-from .models import bind, evaluating
+from .conditional import bind
+from .models import evaluating
 from .runlog import Interrupted, LossWindow, RunLog, StopRequests, check_finite, plot_losses
 from .runtime import random_state, resolve_device, set_random_state
 from .step import GANStep
@@ -93,6 +94,8 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.gan = GANStep(cfg, self.device, self.world, self.gen, channels_last)
+        if self.data.multi_label:
+            self.gan.sets = self.data.labels
         self.step, self.elapsed = 0, 0.0
         self._order: Optional[torch.Tensor] = None
         self._order_epoch = -1

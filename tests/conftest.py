@@ -84,3 +84,19 @@ def run(prepared, tmp_path) -> Path:
 def cli(*args: str) -> list:
     """The kaggle-gan command as this interpreter runs it."""
     return [sys.executable, "-m", "kaggle_gan.cli", *args]
+
+
+def assert_resumes_bit_exactly(config_of, data, tmp_path: Path, steps: int = 6) -> None:
+    """A run of ``steps`` and one stopped halfway then resumed end with the same generator, bit for bit.
+    ``config_of(n)`` is the run's config with ``train.max_steps=n``; the unbroken run is left in ``tmp_path/a``."""
+    import torch
+
+    from kaggle_gan.train import train
+
+    full = train(config_of(steps), data, tmp_path / "a", device="cpu", progress=False)
+    train(config_of(steps // 2), data, tmp_path / "b", device="cpu", progress=False)
+    (tmp_path / "b" / "generator.pt").unlink()
+    resumed = train(config_of(steps), data, tmp_path / "b", device="cpu", progress=False)
+    a, b = torch.load(full, weights_only=True), torch.load(resumed, weights_only=True)
+    assert a["step"] == b["step"] == steps
+    assert all(torch.equal(a["G"][k], b["G"][k]) for k in a["G"])

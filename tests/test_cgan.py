@@ -8,10 +8,10 @@ from kaggle_gan.experiments.cgan import cgan, cgan_config, prepare_digits
 from kaggle_gan.config import resolve
 from kaggle_gan.prepare import prepare
 from kaggle_gan.io import UserError
-from kaggle_gan.models import ConditionalBatchNorm2d, ConditionalGenerator, ProjectionCritic
-from kaggle_gan.train import Trainer, train
+from kaggle_gan.conditional import ConditionalBatchNorm2d, ConditionalGenerator, ProjectionCritic
+from kaggle_gan.train import Trainer
 
-from conftest import make_faces
+from conftest import assert_resumes_bit_exactly, make_faces
 
 TINY = {"model.g_width": 8, "model.d_width": 8, "train.batch_size": 32, "train.log_every": 2}
 
@@ -124,13 +124,7 @@ def test_a_conditional_run_resumes_bit_exactly(tmp_path):
     """Labels, the auxiliary classifier and the per-class norms all come back from the checkpoint."""
     data = prepare_digits(tmp_path / "digits").folder
     cfg = lambda n: cgan_config(10, {**TINY, "loss.aux_weight": 0.5, "train.max_steps": n})  # noqa: E731
-    full = train(cfg(6), data, tmp_path / "a", device="cpu", progress=False)
-    train(cfg(3), data, tmp_path / "b", device="cpu", progress=False)
-    (tmp_path / "b" / "generator.pt").unlink()
-    resumed = train(cfg(6), data, tmp_path / "b", device="cpu", progress=False)
-    a, b = torch.load(full, weights_only=True), torch.load(resumed, weights_only=True)
-    assert a["step"] == b["step"] == 6
-    assert all(torch.equal(a["G"][k], b["G"][k]) for k in a["G"])
+    assert_resumes_bit_exactly(cfg, data, tmp_path)
     rows = (tmp_path / "a" / "log.csv").read_text()
     assert "aux_real" in rows.splitlines()[0]
 

@@ -120,7 +120,7 @@ def test_interpolation_starts_and_ends_on_the_seeds_images(run, tmp_path):
 
 
 def test_a_conditional_walk_has_one_row_per_class():
-    from kaggle_gan.models import ConditionalGenerator
+    from kaggle_gan.conditional import ConditionalGenerator
 
     G = ConditionalGenerator(8, 8, 32, 3).eval()
     z = path(noise([1, 2], 8), 5)

@@ -2,7 +2,7 @@
 
 The generator takes a class with its noise (conditional batch norm, plus an
 embedding or one-hot input), the critic is a projection critic, optionally
-with an auxiliary classifier (:mod:`kaggle_gan.models`, ``model.classes`` > 0);
+with an auxiliary classifier (:mod:`kaggle_gan.conditional`, ``model.classes`` > 0);
 :class:`kaggle_gan.train.Trainer` trains them with any loss. Grading follows
 how conditional generation is judged: a classifier trained by the project on
 real images reads generated ones, and its accuracy against the class asked
@@ -29,9 +29,9 @@ import numpy as np
 
 from ..config import Config, Preset, describe_presets, resolve
 from ..io import RunLock, UserError, atomic_path, read_json, write_json
+from .grader import logits, small_cnn, train_grader
 
 DIGITS = "digits"
-HELD_OUT = 0.2  # share of the real images the grading classifier never trains on: its ceiling is measured there
 CLASSIFIER_EPOCHS = 12
 CLASSIFIER_VERSION = 1  # bump when the classifier or its training changes: the cache key includes it
 
@@ -90,37 +90,9 @@ def prepare_digits(out: Path, size: int = 32) -> "Prepared":  # noqa: F821
 
 # --- the grading classifier --------------------------------------------------------
 
-def _classifier(classes: int) -> "torch.nn.Module":  # noqa: F821
-    """A small CNN: (B, 3, R, R) in [-1, 1] -> logits (B, classes)."""
-    from torch import nn
-
-    def block(a, b):
-        return [nn.Conv2d(a, b, 3, padding=1), nn.BatchNorm2d(b), nn.ReLU(), nn.MaxPool2d(2)]
-
-    return nn.Sequential(*block(3, 16), *block(16, 32), *block(32, 64), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Dropout(0.2), nn.Linear(64, classes))
-
-
-def _as_input(images: np.ndarray) -> "torch.Tensor":  # noqa: F821
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [-1, 1], the generator's range."""
-    import torch
-
-    return torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-
-
-def split(n: int, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
-    """(train, held-out) indices: a seeded permutation, ``HELD_OUT`` of it held out."""
-    order = np.random.default_rng(seed).permutation(n)
-    cut = int(round(n * (1 - HELD_OUT)))
-    return order[:cut], order[cut:]
-
-
 def predict(model, x: "torch.Tensor", batch: int = 500) -> np.ndarray:  # noqa: F821
-    import torch
-
-    model.eval()
-    with torch.no_grad():
-        return torch.cat([model(x[i : i + batch]).argmax(1) for i in range(0, len(x), batch)]).numpy()
+    """The class the classifier reads in each image of ``x``."""
+    return logits(model, x, batch).argmax(1).numpy()
 
 
 def grading_classifier(images: np.ndarray, labels: np.ndarray, classes: int, key: str, cache: Path,
@@ -129,39 +101,9 @@ def grading_classifier(images: np.ndarray, labels: np.ndarray, classes: int, key
 
     Cached in ``cache`` under ``key`` (the data's sha256 and the image side): a second run loads it.
     """
-    import torch
-
-    path = Path(cache) / f"{key}-v{CLASSIFIER_VERSION}.pt"
-    model = _classifier(classes)
-    if path.is_file():
-        state = torch.load(path, weights_only=True)
-        model.load_state_dict(state["model"])
-        return model.eval(), float(state["ceiling"])
-    train_idx, held_idx = split(len(images))
-    x, y = _as_input(images), torch.from_numpy(labels)
-    g = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=CLASSIFIER_EPOCHS * (len(train_idx) // 64 + 1))
-    for epoch in range(CLASSIFIER_EPOCHS):
-        model.train()
-        order = torch.from_numpy(train_idx)[torch.randperm(len(train_idx), generator=g)]
-        for i in range(0, len(order), 64):
-            idx = order[i : i + 64]
-            xb = x[idx]
-            shift = torch.randint(-2, 3, (2,), generator=g).tolist()  # small translations: robust to G's offsets
-            xb = torch.roll(xb, shifts=shift, dims=(2, 3))
-            loss = torch.nn.functional.cross_entropy(model(xb), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    ceiling = float((predict(model, x[held_idx]) == labels[held_idx]).mean())
-    if progress:
-        print(f"cgan: grading classifier trained on {len(train_idx)} real images; held-out accuracy {ceiling:.3f}")
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save({"model": model.state_dict(), "ceiling": ceiling}, tmp)
-    return model.eval(), ceiling
+    return train_grader(images, labels, small_cnn(classes, (16, 32, 64)), Path(cache) / f"{key}-v{CLASSIFIER_VERSION}.pt",
+                        lambda out, y: float((out.argmax(1).numpy() == y).mean()), CLASSIFIER_EPOCHS,
+                        progress=progress, what="cgan: grading classifier")
 
 
 # --- grading -----------------------------------------------------------------------

@@ -137,43 +137,55 @@ TEST_SEEDS = {"test.json": 2022_1, "new_test.json": 2022_2}  # 32 object sets ea
 TEST_SETS = 32
 
 
-def write_layout(out: Union[str, Path], count: int = 18_000, seed: int = 0) -> Path:
+def _render_file(args) -> None:
+    path, objects, seed = args
+    from PIL import Image
+
+    from ..io import atomic_path
+
+    with atomic_path(path, suffix=".png") as tmp:
+        Image.fromarray(render(objects, seed)).save(tmp, format="PNG")
+
+
+def write_layout(out: Union[str, Path], count: int = 18_000, seed: int = 0, workers: int = 0,
+                 progress: bool = True) -> Path:
     """Render ``count`` training scenes into the lab's layout under ``out``; same arguments, same bytes.
 
     ``objects.json`` (name -> index), ``train.json`` (file name -> object names), ``test.json`` and
     ``new_test.json`` (32 object-name lists each, from their own seeds), ``images/NNNNNN.png``.
-    Scene i is ``render(objects, seed * 1_000_003 + i)``: one image can be drawn again alone.
+    Scene i is ``render(objects, seed * 1_000_003 + i)``: one image can be drawn again alone, so an
+    interrupted render keeps the images it finished and draws only the rest. ``train.json`` is written
+    last: it marks the layout complete. ``workers`` processes (0: one per core).
     """
-    from PIL import Image
+    import os
+    from concurrent.futures import ProcessPoolExecutor
 
-    from ..io import atomic_path, write_json
+    from tqdm.auto import tqdm
+
+    from ..io import write_json
 
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    labels: Dict[str, List[str]] = {}
-    for i in range(count):
-        objects = random_set(rng)
-        name = f"{i:06d}.png"
-        with atomic_path(out / "images" / name, suffix=".png") as tmp:
-            Image.fromarray(render(objects, seed * 1_000_003 + i)).save(tmp, format="PNG")
-        labels[name] = objects
+    labels: Dict[str, List[str]] = {f"{i:06d}.png": random_set(rng) for i in range(count)}
+    todo = [(out / "images" / name, objects, seed * 1_000_003 + i)
+            for i, (name, objects) in enumerate(labels.items()) if not (out / "images" / name).is_file()]
+    if not workers:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    with tqdm(total=count, initial=count - len(todo), unit="scene", desc="render", disable=not progress) as bar:
+        if workers <= 1 or len(todo) < 64:
+            for task in todo:
+                _render_file(task)
+                bar.update()
+        else:
+            with ProcessPoolExecutor(workers) as pool:
+                for _ in pool.map(_render_file, todo, chunksize=32):
+                    bar.update()
     write_json(out / "objects.json", object_index())
-    write_json(out / "train.json", labels)
     for file, test_seed in TEST_SEEDS.items():
         test_rng = np.random.default_rng(test_seed)
         write_json(out / file, [random_set(test_rng) for _ in range(TEST_SETS)])
-    return out
-
-
-def multi_hot(sets: Sequence[Sequence[str]], index: Dict[str, int]) -> np.ndarray:
-    """(len(sets), len(index)) float32, 1 where an object is asked for (an object named twice counts once)."""
-    out = np.zeros((len(sets), len(index)), np.float32)
-    for row, names in enumerate(sets):
-        for name in names:
-            if name not in index:
-                raise ValueError(f"unknown object {name!r}; objects.json lists {len(index)}, e.g. {next(iter(index))!r}")
-            out[row, index[name]] = 1
+    write_json(out / "train.json", labels)
     return out
 
 

@@ -133,6 +133,7 @@ class Points:
     """
 
     classes = 0
+    multi_label = False
 
     def __init__(self, name: str, n: int, seed: int, device="cpu"):
         import torch
