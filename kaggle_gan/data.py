@@ -196,7 +196,7 @@ def open_images(data_dir: Path, cfg: "Config", device, channels_last: bool = Fal
     if cfg.model.classes:
         if prepared.labels is None:
             raise UserError(f"{data_dir} holds no labels for model.classes={cfg.model.classes}; prepare it with "
-                            "--labels folders (class_name/*.jpg) or --labels FILE.csv")
+                            "--labels folders (class_name/*.jpg), --labels FILE.csv or --labels iclevr")
         labels, sha = prepared.labels, f"{sha}+{prepared.meta['labels_sha256']}"
     if images.shape[1] != cfg.model.resolution:
         print(f"train: prepared images are {images.shape[1]}px, resizing once to model.resolution={cfg.model.resolution}")

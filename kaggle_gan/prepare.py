@@ -426,7 +426,7 @@ def _prepare_locked(data: str, source: Path, out: Path, size: int, resample: str
     classes, label_array = _label_array(spec, kept_labels)
     prepared = write_prepared(out, np.stack(arrays), manifest, dict(want, source=str(data)), label_array, classes)
     print(f"prepare: kept {len(arrays)} images, skipped {skipped} (see {out / 'manifest.csv'})"
-          + (f"; {len(classes)} classes" if classes else ""))
+          + (f"; {len(classes)} {'objects' if spec['kind'] == 'iclevr' else 'classes'}" if classes else ""))
     if skipped:
         print(manifest[manifest.status != "ok"].reason.value_counts().head(10).to_string())
     return prepared

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, Optional, Union
 
 import numpy as np
 
@@ -220,5 +220,3 @@ def format_table(results: dict) -> str:
 def describe() -> str:
     return describe_presets(ICLEVR_PRESETS)
 
-
-__all__: List[str] = ["iclevr", "iclevr_config", "lab_evaluator", "our_grader", "grade", "ICLEVR_PRESETS"]
