@@ -2,7 +2,8 @@
 
 The DCGAN pair is the course's sample code (HW6.md) generalised to other
 resolutions and widths; at resolution 64 and width 64 it is layer for layer
-the sample's network (tests check the parameter counts).
+the sample's network (tests check the parameter counts). The conditional
+pair (a class or a set of objects per image) is in :mod:`kaggle_gan.conditional`.
 """
 from __future__ import annotations
 
