@@ -22,6 +22,7 @@ from . import __version__
 from .data import Prepared, load_prepared
 from .imagefiles import decode_image, natural_key
 from .io import RunLock, UserError, atomic_path, cache_dir, download, read_json, sha256_file, write_json
+from .runtime import available_cores
 
 
 HW6_FACES_URL = "https://huggingface.co/datasets/LeoFeng/MLHW_6/resolve/main/faces.zip"
@@ -402,7 +403,7 @@ def _prepare_locked(data: str, source: Path, out: Path, size: int, resample: str
         refused += [(n, unlabelled) for n, lab in zip(names, names_labels) if lab is None]
         keep = [i for i, lab in enumerate(names_labels) if lab is not None]
         names, names_labels = [names[i] for i in keep], [names_labels[i] for i in keep]
-    workers = workers or max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    workers = workers or available_cores()
     fit = "squash" if spec and spec["kind"] == "iclevr" else "crop"  # the lab resizes its 320x240 frames whole
     results = _decode_all(source, is_zip, names, size, resample, workers, fit)
 

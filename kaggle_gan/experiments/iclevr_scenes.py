@@ -157,12 +157,12 @@ def write_layout(out: Union[str, Path], count: int = 18_000, seed: int = 0, work
     interrupted render keeps the images it finished and draws only the rest. ``train.json`` is written
     last: it marks the layout complete. ``workers`` processes (0: one per core).
     """
-    import os
     from concurrent.futures import ProcessPoolExecutor
 
     from tqdm.auto import tqdm
 
     from ..io import write_json
+    from ..runtime import available_cores
 
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -170,8 +170,7 @@ def write_layout(out: Union[str, Path], count: int = 18_000, seed: int = 0, work
     labels: Dict[str, List[str]] = {f"{i:06d}.png": random_set(rng) for i in range(count)}
     todo = [(out / "images" / name, objects, seed * 1_000_003 + i)
             for i, (name, objects) in enumerate(labels.items()) if not (out / "images" / name).is_file()]
-    if not workers:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = workers or available_cores()
     with tqdm(total=count, initial=count - len(todo), unit="scene", desc="render", disable=not progress) as bar:
         if workers <= 1 or len(todo) < 64:
             for task in todo:
