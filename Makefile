@@ -241,7 +241,9 @@ BENCH_ARGS ?=
 bench: $(INSTALLED)
 	$(BIN)/python benchmarks/bench.py --device $(DEVICE) --csv $(WORK)/bench.csv $(BENCH_ARGS)
 
+# the import layers first (seconds; pyproject.toml's [tool.importlinter]), then the suite
 test: $(INSTALLED)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 smoke:

@@ -10,8 +10,8 @@ Measures, in one process:
   steps alternate between the two after ``--warmup`` untimed steps each; the
   figure is the median images/s over ``--windows`` windows;
 * generation of ``--count`` images: the sample's ``inference`` (one forward
-  pass, one ``save_image`` per file) against ``kaggle_gan.generate``;
-* prepare of up to ``--images`` JPEG files (``kaggle_gan.prepare.prepare``).
+  pass, one ``save_image`` per file) against ``kaggle_gan.sampling.generate``;
+* prepare of up to ``--images`` JPEG files (``kaggle_gan.data.prepare.prepare``).
 
 Peak memory is CUDA memory allocated on a GPU, and the resident set size of
 this process and its children (the DataLoader workers) on a CPU.
@@ -45,17 +45,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from a clean clone
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from kaggle_gan.checkpoint import save_generator  # noqa: E402
-from kaggle_gan.config import resolve  # noqa: E402
-from kaggle_gan.prepare import prepare  # noqa: E402
-from kaggle_gan.generate import generate  # noqa: E402
-from kaggle_gan.io import atomic_path  # noqa: E402
-from kaggle_gan.models import build_models  # noqa: E402
-from kaggle_gan.precision import Precision, choose_precision  # noqa: E402
-from kaggle_gan.runtime import available_cores, resolve_device  # noqa: E402
-from kaggle_gan.train import Trainer, epoch_order  # noqa: E402
 from flops import count_flops, matmul_peak  # noqa: E402
 from reference import ReferenceLoop, reference_generate  # noqa: E402
+
+from kaggle_gan.config import resolve  # noqa: E402
+from kaggle_gan.core.io import atomic_path  # noqa: E402
+from kaggle_gan.core.runtime import available_cores, resolve_device  # noqa: E402
+from kaggle_gan.data.prepare import prepare  # noqa: E402
+from kaggle_gan.nets.models import build_models  # noqa: E402
+from kaggle_gan.sampling.generate import generate  # noqa: E402
+from kaggle_gan.training.checkpoint import save_generator  # noqa: E402
+from kaggle_gan.training.loop import Trainer, epoch_order  # noqa: E402
+from kaggle_gan.training.precision import Precision, choose_precision  # noqa: E402
 
 DEV_ZIP = ROOT.parent / "shared" / "data" / "anime-faces-dev.zip"
 # (steps per window, windows, warm-up steps): a GPU step takes milliseconds, a CPU step seconds

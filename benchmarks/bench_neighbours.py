@@ -62,10 +62,11 @@ def main(argv=None) -> None:
     import pandas as pd
     import torch
 
-    from kaggle_gan import backbones as bb, neighbours as nb
-    from kaggle_gan.data import load_prepared
-    from kaggle_gan.prepare import prepare
-    from kaggle_gan.runtime import available_cores, resolve_device
+    from kaggle_gan.core.runtime import available_cores, resolve_device
+    from kaggle_gan.data.prepare import prepare
+    from kaggle_gan.data.prepared import load_prepared
+    from kaggle_gan.scoring import backbones as bb
+    from kaggle_gan.scoring import neighbours as nb
 
     device = resolve_device("cpu")
     rows = []

@@ -64,10 +64,10 @@ def main(argv=None) -> None:
     import pandas as pd
     from PIL import Image
 
-    from kaggle_gan import afd, fid, metrics
-    from kaggle_gan.prepare import prepare
-    from kaggle_gan.runtime import available_cores, resolve_device
-    from kaggle_gan.score import load_image_folder, score
+    from kaggle_gan.core.runtime import available_cores, resolve_device
+    from kaggle_gan.data.prepare import prepare
+    from kaggle_gan.scoring import afd, fid, inception, metrics
+    from kaggle_gan.scoring.score import load_image_folder, score
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_score-"))
     rows = []
@@ -90,7 +90,7 @@ def main(argv=None) -> None:
         for i, k in enumerate(picks, 1):
             Image.fromarray(np.asarray(prepared.images[k])).save(images_dir / f"{i}.jpg", quality=95)
 
-        model = fid.load_inception(args.weights, device)
+        model = inception.load_inception(args.weights, device)
         cache = work / "cache" / "fid"
         hold, ref = fid.split_counts(n, args.ref_count)
         if not args.skip_ref:

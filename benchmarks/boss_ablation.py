@@ -89,12 +89,12 @@ def score_raw(out: Path, data: Path, fid_cache: Path, ref_count: int, inception_
     """
     import pandas as pd
 
-    from kaggle_gan import afd as afd_mod
+    from kaggle_gan.core.io import atomic_path, read_json
+    from kaggle_gan.core.runtime import resolve_device
+    from kaggle_gan.data.prepared import load_prepared
     from kaggle_gan.experiments import race as race_mod
-    from kaggle_gan.checkpoint import load_latest, save_generator
-    from kaggle_gan.data import load_prepared
-    from kaggle_gan.io import atomic_path, read_json
-    from kaggle_gan.runtime import resolve_device
+    from kaggle_gan.scoring import afd as afd_mod
+    from kaggle_gan.training.checkpoint import load_latest, save_generator
 
     source = out / "default"
     state = load_latest(source / "runs" / "boss" / "checkpoints")
@@ -123,7 +123,7 @@ def summarise(out: Path) -> "pd.DataFrame":  # noqa: F821
     """One row per finished variant folder under ``out``: AFD at each point, the final AFD and FID with +-."""
     import pandas as pd
 
-    from kaggle_gan.io import atomic_path
+    from kaggle_gan.core.io import atomic_path
     from kaggle_gan.experiments.race import afd_se, plus_minus
 
     rows = []
@@ -158,7 +158,7 @@ def _plot(table, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from kaggle_gan.io import save_figure
+    from kaggle_gan.core.io import save_figure
 
     fig, ax = plt.subplots(figsize=(10, 0.45 * len(table) + 1.4))
     y = list(range(len(table)))

@@ -46,18 +46,19 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from kaggle_gan import afd as afd_mod
-    from kaggle_gan import fid as fid_mod
+    from kaggle_gan.core.io import read_json
+    from kaggle_gan.data.prepared import load_prepared
     from kaggle_gan.experiments import race as race_mod
-    from kaggle_gan.data import load_prepared
-    from kaggle_gan.io import read_json
+    from kaggle_gan.scoring import afd as afd_mod
+    from kaggle_gan.scoring import fid as fid_mod
+    from kaggle_gan.scoring import inception
 
     work = Path(a.work)
     race_dir = Path(a.race or work / "race")
     settings = read_json(race_dir / "race.json")
     prepared = load_prepared(Path(a.data or work / "data"))
     size = int(prepared.images.shape[1])
-    model = fid_mod.load_inception(a.inception_weights, torch.device(a.device))
+    model = inception.load_inception(a.inception_weights, torch.device(a.device))
     view = race_mod.reference_view(settings["resolution"], size)  # for the other references below
     ref = race_mod.race_reference(prepared, model, Path(a.fid_cache or work / "cache" / "fid"),
                                   a.ref_count or race_mod.DEFAULT_REF_COUNT, settings["resolution"])

@@ -30,7 +30,7 @@ def collect(folders) -> "pd.DataFrame":  # noqa: F821
     """The last point of every raced preset in ``folders``, with its seed; twins (``same_as``) left out."""
     import pandas as pd
 
-    from kaggle_gan.io import read_json
+    from kaggle_gan.core.io import read_json
 
     rows, scale = [], None
     for folder in map(Path, folders):

@@ -14,8 +14,8 @@ step for the progress bar.
 
 What is *not* the sample's is deliberate, so that a ratio against this loop
 measures the pipeline alone: the networks come from
-:func:`kaggle_gan.models.build_models` and the loss math from
-:func:`kaggle_gan.losses.build_loss`, exactly as our loop uses them. For the
+:func:`kaggle_gan.nets.models.build_models` and the loss math from
+:func:`kaggle_gan.training.losses.build_loss`, exactly as our loop uses them. For the
 ``strong`` preset it is the same loop style with the WGAN-GP loss and
 ``n_critic`` critic steps per generator step, as the sample's comments suggest.
 """
@@ -27,8 +27,8 @@ from typing import Dict, Iterator, List, Sequence
 import torch
 
 from kaggle_gan.config import Config
-from kaggle_gan.losses import StepContext, build_loss
-from kaggle_gan.models import build_models
+from kaggle_gan.nets.models import build_models
+from kaggle_gan.training.losses import StepContext, build_loss
 
 
 class JpegFaces(torch.utils.data.Dataset):
@@ -121,7 +121,7 @@ def sample_gp(D: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor) -> tor
     """The gradient penalty as students wrote the sample's ``gp``: one mixing weight per image
     drawn on the host, and ``fake`` not detached, so the penalty's backward also reaches G.
 
-    Same value as :func:`kaggle_gan.losses.gradient_penalty`; only the wasted work differs.
+    Same value as :func:`kaggle_gan.training.losses.gradient_penalty`; only the wasted work differs.
     """
     alpha = torch.rand(real.size(0), 1, 1, 1).to(real.device)
     interpolates = (alpha * real + (1 - alpha) * fake).requires_grad_(True)

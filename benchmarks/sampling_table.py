@@ -1,6 +1,6 @@
 """What truncation and curated pools do to a run's submission (a script, not a test).
 
-For one trained run it draws, through ``kaggle_gan.generate.generate`` (the
+For one trained run it draws, through ``kaggle_gan.sampling.generate.generate`` (the
 same path as ``kaggle-gan generate``), ``--count`` images for
 
 - truncation psi 1, 0.85, 0.7, 0.5 (no pool), and
@@ -58,18 +58,18 @@ def main(argv=None) -> int:
 
     import pandas as pd
 
-    from kaggle_gan import afd, fid, metrics
-    from kaggle_gan.data import load_prepared
+    from kaggle_gan.core.io import read_json
+    from kaggle_gan.core.runtime import resolve_device
+    from kaggle_gan.data.prepared import load_prepared
     from kaggle_gan.experiments.race import race_reference
-    from kaggle_gan.generate import generate, load_generator
-    from kaggle_gan.io import read_json
-    from kaggle_gan.runtime import resolve_device
-    from kaggle_gan.score import load_image_folder
+    from kaggle_gan.sampling.generate import generate, load_generator
+    from kaggle_gan.scoring import afd, fid, inception, metrics
+    from kaggle_gan.scoring.score import load_image_folder
 
     out = Path(a.out)
     prepared = load_prepared(a.data)
     detector = afd.make_detector(a.detector)
-    model = fid.load_inception_or_proxy(a.inception_weights, resolve_device(a.device), "sampling_table")
+    model = inception.load_inception_or_proxy(a.inception_weights, resolve_device(a.device), "sampling_table")
     _G, cfg, step = load_generator(Path(a.run), "cpu", a.checkpoint)
     ref = race_reference(prepared, model, Path(a.cache), a.ref_count, cfg.model.resolution)
     rows = []

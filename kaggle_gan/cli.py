@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import List, Optional
 
 from .config import RACE as race_defaults  # the race's default scale (light: no torch, numpy or pandas)
-from .io import UserError, check_run_name, write_failure
+from .core.io import UserError, check_run_name, write_failure
 
 DEFAULT_WORK = "work"
 
 
 def _prepare(a):
-    from .prepare import prepare
+    from .data.prepare import prepare
 
     prepare(a.data, Path(a.out or Path(a.work) / "data"), size=a.size, resample=a.filter, workers=a.workers,
             force=a.force, labels=a.labels)
@@ -21,7 +21,7 @@ def _prepare(a):
 
 def _train(a):
     from .config import parse_set, resolve
-    from .train import train
+    from .training.loop import train
 
     cfg = resolve(a.preset, parse_set(a.set))
     run = Path(a.work) / "runs" / check_run_name(a.run or a.preset)
@@ -39,7 +39,7 @@ def _generator_source(a):
 
 
 def _generate(a):
-    from .generate import generate
+    from .sampling.generate import generate
 
     source, which = _generator_source(a)
     out = Path(a.out) if a.out else Path(a.work) / "runs" / a.run / "images"
@@ -49,7 +49,7 @@ def _generate(a):
 
 
 def _interpolate(a):
-    from .interpolate import interpolate
+    from .sampling.interpolate import interpolate
 
     source, which = _generator_source(a)
     interpolate(source, a.seeds, a.frames, out=a.out, truncation=a.truncation, size=a.size, fps=a.fps,
@@ -57,7 +57,7 @@ def _interpolate(a):
 
 
 def _submit(a):
-    from .submit import pack
+    from .sampling.submit import pack
 
     images = Path(a.images) if a.images else Path(a.work) / "runs" / a.run / "images"
     out = Path(a.out) if a.out else Path("submission") / a.run / f"images.{a.format}"
@@ -65,7 +65,7 @@ def _submit(a):
 
 
 def _score(a):
-    from .score import score
+    from .scoring.score import score
 
     images = Path(a.images) if a.images else Path(a.work) / "runs" / (a.run or "strong") / "images"
     score(images, Path(a.data or Path(a.work) / "data"), Path(a.work), inception_weights=a.inception_weights,
@@ -74,7 +74,7 @@ def _score(a):
 
 
 def _neighbours(a):
-    from .neighbours import neighbours
+    from .scoring.neighbours import neighbours
 
     images = Path(a.images) if a.images else Path(a.work) / "runs" / a.run / "images"
     neighbours(images, Path(a.data or Path(a.work) / "data"), Path(a.work), backbone=a.backbone, weights=a.weights,
@@ -104,8 +104,8 @@ def _toy(a):
 
 
 def _cgan(a):
-    from .experiments.cgan import cgan, describe
     from .config import parse_set
+    from .experiments.cgan import cgan, describe
 
     if a.presets:
         print(describe())
@@ -126,7 +126,7 @@ def _iclevr(a):
 
 
 def _leaderboard(a):
-    from .leaderboard import format_leaderboard, leaderboard
+    from .scoring.leaderboard import format_leaderboard, leaderboard
 
     print(format_leaderboard(leaderboard(Path(a.work))))
 

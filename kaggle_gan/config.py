@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from .io import UserError
+from .core.io import UserError
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class TrainConfig:
     # real and fake in one critic pass when the critic has no batch norm (DiffAugment's BigGAN code): boss 1.36x
     # and strong 1.13x the images/s on an H200, the same within noise on 2 CPU cores (README, Speed)
     joint_critic: bool = True
-    # quality along the run (kaggle_gan.evaluate): every eval_every thousand images shown (0 = off), eval_images
+    # quality along the run (kaggle_gan.training.evaluate): every eval_every thousand images shown (0 = off), eval_images
     # drawn from the EMA generator, scored (AFD; KID, FID, precision/recall with eval_features), best.pt kept by
     # `select`; eval_features auto = Inception on a GPU, none on a CPU (about 2 min per 1000 images on 2 cores)
     eval_every: float = 0.0
@@ -209,12 +209,23 @@ def validate(cfg: Config) -> None:
     if cfg.train.augment and cfg.model.arch == "mlp":
         raise UserError("train.augment transforms images; set train.augment= for model.arch=mlp")
     if cfg.train.augment:
-        from .augment import parse_policy  # torch is imported only when a policy is set
-
         try:
             parse_policy(cfg.train.augment)
         except ValueError as err:
             raise UserError(f"train.augment: {err}") from None
+
+
+# DiffAugment's transforms by name (kaggle_gan.training.augment implements each); a policy lists some of them
+AUGMENTATIONS = ("color", "translation", "cutout")
+
+
+def parse_policy(policy: str) -> List[str]:
+    """``"color,translation"`` -> ``["color", "translation"]``; ``""`` -> ``[]``. Unknown names raise ValueError."""
+    names = [p.strip() for p in policy.split(",") if p.strip()]
+    unknown = [p for p in names if p not in AUGMENTATIONS]
+    if unknown:
+        raise ValueError(f"unknown augmentation {', '.join(unknown)}; choose from {', '.join(AUGMENTATIONS)}")
+    return names
 
 
 def parse_set(items: Iterable[str]) -> Dict[str, str]:

@@ -63,7 +63,7 @@ def faces_dir(tmp_path) -> Path:
 
 @pytest.fixture
 def prepared(tmp_path, faces_dir) -> Path:
-    from kaggle_gan.prepare import prepare
+    from kaggle_gan.data.prepare import prepare
 
     prepare(str(faces_dir), tmp_path / "data", size=64, workers=1)
     return tmp_path / "data"
@@ -72,9 +72,10 @@ def prepared(tmp_path, faces_dir) -> Path:
 @pytest.fixture
 def run(prepared, tmp_path) -> Path:
     """A 4-step baseline run at test_train's tiny scale: generator.pt, and the critic in its checkpoints."""
-    from kaggle_gan.config import resolve
-    from kaggle_gan.train import train
     from test_train import TINY
+
+    from kaggle_gan.config import resolve
+    from kaggle_gan.training.loop import train
 
     cfg = resolve("baseline", {**TINY, "train.max_steps": 4})
     train(cfg, prepared, tmp_path / "run", device="cpu", progress=False)
@@ -91,7 +92,7 @@ def assert_resumes_bit_exactly(config_of, data, tmp_path: Path, steps: int = 6) 
     ``config_of(n)`` is the run's config with ``train.max_steps=n``; the unbroken run is left in ``tmp_path/a``."""
     import torch
 
-    from kaggle_gan.train import train
+    from kaggle_gan.training.loop import train
 
     full = train(config_of(steps), data, tmp_path / "a", device="cpu", progress=False)
     train(config_of(steps // 2), data, tmp_path / "b", device="cpu", progress=False)

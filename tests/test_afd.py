@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kaggle_gan import afd
-from kaggle_gan.io import UserError
+from kaggle_gan.core.io import UserError
+from kaggle_gan.scoring import afd
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CASCADE = SHARED / "assets" / "lbpcascade_animeface.xml"
@@ -27,7 +27,7 @@ def cascade():
 @needs_cascade
 @pytest.mark.skipif(not DEV_ZIP.exists(), reason="../shared not present: no anime-faces-dev.zip real faces")
 def test_real_faces_are_detected(cascade):
-    from kaggle_gan.imagefiles import decode_image
+    from kaggle_gan.data.imagefiles import decode_image
 
     # Every 5th face (about 2,000) keeps the test fast; the README figure uses all 10,127.
     with zipfile.ZipFile(DEV_ZIP) as zf:

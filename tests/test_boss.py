@@ -3,17 +3,16 @@ import itertools
 
 import pytest
 import torch
+from test_train import TINY
 from torch import nn
 
-from kaggle_gan.augment import AugmentedCritic, augment, color, cutout, parse_policy, translation
-from kaggle_gan.checkpoint import load_latest
 from kaggle_gan.config import PRESETS, resolve
-from kaggle_gan.io import UserError
-from kaggle_gan.losses import HingeLoss, StepContext, WithR1, build_loss, r1_penalty
-from kaggle_gan.models import ResNetDiscriminator, ResNetGenerator, build_models
-from kaggle_gan.train import Trainer, train
-
-from test_train import TINY
+from kaggle_gan.core.io import UserError
+from kaggle_gan.nets.models import ResNetDiscriminator, ResNetGenerator, build_models
+from kaggle_gan.training.augment import AugmentedCritic, augment, color, cutout, parse_policy, translation
+from kaggle_gan.training.checkpoint import load_latest
+from kaggle_gan.training.loop import Trainer, train
+from kaggle_gan.training.losses import HingeLoss, StepContext, WithR1, build_loss, r1_penalty
 
 
 def gen(seed=0):

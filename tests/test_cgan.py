@@ -3,15 +3,14 @@ import csv
 
 import pytest
 import torch
-
-from kaggle_gan.experiments.cgan import cgan, cgan_config, prepare_digits
-from kaggle_gan.config import resolve
-from kaggle_gan.prepare import prepare
-from kaggle_gan.io import UserError
-from kaggle_gan.conditional import ConditionalBatchNorm2d, ConditionalGenerator, ProjectionCritic
-from kaggle_gan.train import Trainer
-
 from conftest import assert_resumes_bit_exactly, make_faces
+
+from kaggle_gan.config import resolve
+from kaggle_gan.core.io import UserError
+from kaggle_gan.data.prepare import prepare
+from kaggle_gan.experiments.cgan import cgan, cgan_config, prepare_digits
+from kaggle_gan.nets.conditional import ConditionalBatchNorm2d, ConditionalGenerator, ProjectionCritic
+from kaggle_gan.training.loop import Trainer
 
 TINY = {"model.g_width": 8, "model.d_width": 8, "train.batch_size": 32, "train.log_every": 2}
 

@@ -1,7 +1,7 @@
 import pytest
 
 from kaggle_gan.config import PRESETS, Config, parse_set, resolve
-from kaggle_gan.io import UserError
+from kaggle_gan.core.io import UserError
 
 
 def test_presets_state_their_differences():

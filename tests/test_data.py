@@ -3,13 +3,12 @@ import zipfile
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_faces
 from PIL import Image
 
-from kaggle_gan.data import load_prepared
-from kaggle_gan.prepare import prepare
-from kaggle_gan.io import UserError
-
-from conftest import make_faces
+from kaggle_gan.core.io import UserError
+from kaggle_gan.data.prepare import prepare
+from kaggle_gan.data.prepared import load_prepared
 
 
 def odd_folder(folder):

@@ -7,12 +7,11 @@ import sys
 import pandas as pd
 import pytest
 import torch
+from conftest import REPO, make_faces
 
 from kaggle_gan.config import resolve
-from kaggle_gan.prepare import prepare
-from kaggle_gan.train import Trainer, epoch_order, train
-
-from conftest import REPO, make_faces
+from kaggle_gan.data.prepare import prepare
+from kaggle_gan.training.loop import Trainer, epoch_order, train
 
 STEPS = 6
 SETTINGS = {"model.g_width": 8, "model.d_width": 8, "model.resolution": 32, "train.batch_size": 16,
@@ -24,9 +23,9 @@ WORKER = """
 import json, sys
 from pathlib import Path
 import torch
-from kaggle_gan import distributed
+from kaggle_gan.training import distributed
 from kaggle_gan.config import resolve
-from kaggle_gan.train import Trainer, epoch_order
+from kaggle_gan.training.loop import Trainer, epoch_order
 
 data, run, out, overrides = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), json.loads(sys.argv[4])
 with distributed.process_group("cpu") as world:

@@ -4,15 +4,14 @@ import math
 import numpy as np
 import pandas as pd
 import torch
-
-from kaggle_gan import afd
-from kaggle_gan.checkpoint import GENERATOR_FORMAT, load_file
-from kaggle_gan.curate import load_critic
-from kaggle_gan.evaluate import selection_key
-from kaggle_gan.generate import generate, load_generator
-from kaggle_gan.train import train
-
 from test_train import tiny
+
+from kaggle_gan.sampling.curate import load_critic
+from kaggle_gan.sampling.generate import generate, load_generator
+from kaggle_gan.scoring import afd
+from kaggle_gan.training.checkpoint import GENERATOR_FORMAT, load_file
+from kaggle_gan.training.evaluate import selection_key
+from kaggle_gan.training.loop import train
 
 EVAL = {"train__eval_every": 0.032, "train__eval_images": 8, "train__eval_features": "none"}  # every 2 steps of 16
 

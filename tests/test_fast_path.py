@@ -9,12 +9,12 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO
 
 from kaggle_gan.config import resolve
-from kaggle_gan.models import build_models
-from kaggle_gan.train import Trainer, epoch_order
+from kaggle_gan.nets.models import build_models
+from kaggle_gan.training.loop import Trainer, epoch_order
 
-from conftest import REPO
 
 @pytest.fixture(autouse=True)
 def one_thread(monkeypatch):
@@ -131,7 +131,7 @@ def test_compile_with_an_unknown_backend_runs_eagerly(prepared, tmp_path, monkey
 
 
 def test_omp_num_threads_sets_the_cpu_threads(monkeypatch):
-    from kaggle_gan.runtime import available_cores, resolve_device
+    from kaggle_gan.core.runtime import available_cores, resolve_device
 
     resolve_device("cpu")
     assert torch.get_num_threads() == 1

@@ -34,18 +34,17 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-from kaggle_gan.checkpoint import FORMAT, load_file, load_latest, save_checkpoint
-from kaggle_gan.cli import main
-from kaggle_gan.data import load_prepared
-from kaggle_gan.prepare import prepare
-from kaggle_gan.generate import MARKER, generate
-from kaggle_gan.io import RunLock, UserError, download, sha256_file
-from kaggle_gan.train import Trainer, train
-
 from conftest import cli, make_faces
+from PIL import Image
 from test_train import TINY, tiny
+
+from kaggle_gan.cli import main
+from kaggle_gan.core.io import RunLock, UserError, download, sha256_file
+from kaggle_gan.data.prepare import prepare
+from kaggle_gan.data.prepared import load_prepared
+from kaggle_gan.sampling.generate import MARKER, generate
+from kaggle_gan.training.checkpoint import FORMAT, load_file, load_latest, save_checkpoint
+from kaggle_gan.training.loop import Trainer, train
 
 SEED = 6  # the kill delays are drawn from this; the outcome is still timing-dependent, the invariants are not
 KILLS: Dict[str, Dict[str, int]] = {}
@@ -67,7 +66,7 @@ def _forkserver():
     if _SERVER is None:
         _SERVER = multiprocessing.get_context("forkserver")
         _SERVER.set_forkserver_preload(["torch", "torchvision", "matplotlib", "pandas", "kaggle_gan.cli",
-                                        "kaggle_gan.train", "kaggle_gan.generate"])
+                                        "kaggle_gan.training.loop", "kaggle_gan.sampling.generate"])
         warm = _SERVER.Process(target=time.sleep, args=(0,))  # start the server now, not inside a timed run
         warm.start()
         warm.join()

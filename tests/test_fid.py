@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kaggle_gan import fid
-from kaggle_gan.io import UserError, sha256_file
-from kaggle_gan.weights import WeightsMissing
-
+from kaggle_gan.core.io import UserError, sha256_file
+from kaggle_gan.core.weights import WeightsMissing
+from kaggle_gan.scoring import fid, inception
 
 # --- the distance: closed forms ---------------------------------------------------
 
@@ -91,9 +90,9 @@ def hub_weights(tmp_path_factory):
     import torch
 
     home = tmp_path_factory.mktemp("torch_home")
-    net = fid.build_inception()
-    fid._seeded_init(net, 1)
-    path = home / "hub" / "checkpoints" / fid.FID_WEIGHTS.filename
+    net = inception.build_inception()
+    inception._seeded_init(net, 1)
+    path = home / "hub" / "checkpoints" / inception.FID_WEIGHTS.filename
     path.parent.mkdir(parents=True)
     torch.save(net.state_dict(), path)
     return home, path, sha256_file(path)[:8]
@@ -107,37 +106,37 @@ def test_weights_load_from_hub_cache_like_users(hub_weights, monkeypatch, tmp_pa
     home, path, prefix = hub_weights
     monkeypatch.setenv("TORCH_HOME", str(home))
     monkeypatch.setenv("KAGGLE_GAN_CACHE", str(tmp_path))
-    model = fid.load_inception(None, "cpu", sha256=prefix)
+    model = inception.load_inception(None, "cpu", sha256=prefix)
     assert model.weights.path == path and model.label == "FID"
     feats = fid.activations(_images(), model)
     assert feats.shape == (2, 2048) and np.isfinite(feats).all()
     # The saved file holds random:1 weights, so the loaded network must agree with that seed.
-    proxy = fid.load_inception("random:1", "cpu")
+    proxy = inception.load_inception("random:1", "cpu")
     assert proxy.label == "proxy FID (random:1)"
     np.testing.assert_allclose(fid.activations(_images(), proxy), feats, rtol=1e-5, atol=1e-6)
     # An explicit path goes through the same check.
-    assert fid.load_inception(str(path), "cpu", sha256=prefix).weights.sha256.startswith(prefix)
+    assert inception.load_inception(str(path), "cpu", sha256=prefix).weights.sha256.startswith(prefix)
 
 
 def test_weights_checksum_mismatch_is_a_clear_error(hub_weights):
     _, path, _ = hub_weights
     with pytest.raises(UserError, match="sha256"):
-        fid.load_inception(str(path), "cpu")  # the published prefix 6726825d cannot match random weights
+        inception.load_inception(str(path), "cpu")  # the published prefix 6726825d cannot match random weights
 
 
 def test_missing_weights_offline_say_where_to_put_them(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("KAGGLE_GAN_CACHE", str(tmp_path / "kg"))
     with pytest.raises(WeightsMissing) as info:
-        fid.load_inception(None, "cpu")
+        inception.load_inception(None, "cpu")
     msg = str(info.value)
     assert "\n" not in msg
-    assert str(tmp_path / "torch" / "hub" / "checkpoints" / fid.FID_WEIGHTS.filename) in msg
+    assert str(tmp_path / "torch" / "hub" / "checkpoints" / inception.FID_WEIGHTS.filename) in msg
     assert "--inception-weights" in msg and "random:SEED" in msg
     with pytest.raises(WeightsMissing, match="no such file"):
-        fid.load_inception(str(tmp_path / "nope.pth"), "cpu")
+        inception.load_inception(str(tmp_path / "nope.pth"), "cpu")
     with pytest.raises(UserError, match="random:SEED"):
-        fid.load_inception("random:x", "cpu")
+        inception.load_inception("random:x", "cpu")
 
 
 def test_import_touches_neither_torch_nor_network():
@@ -145,7 +144,7 @@ def test_import_touches_neither_torch_nor_network():
         "import sys, socket\n"
         "def no_net(*a, **k): raise AssertionError('network touched at import')\n"
         "socket.socket.connect = socket.create_connection = no_net\n"
-        "import kaggle_gan.fid, kaggle_gan.afd, kaggle_gan.score, kaggle_gan.weights\n"
+        "import kaggle_gan.scoring.fid, kaggle_gan.scoring.afd, kaggle_gan.scoring.score, kaggle_gan.core.weights\n"
         "assert 'torch' not in sys.modules and 'cv2' not in sys.modules and 'pandas' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
@@ -155,7 +154,7 @@ def test_import_touches_neither_torch_nor_network():
 
 @pytest.fixture(scope="module")
 def proxy0():
-    return fid.load_inception("random:0", "cpu")
+    return inception.load_inception("random:0", "cpu")
 
 
 def test_reference_cache_hit_miss_and_invalidation(proxy0, tmp_path):

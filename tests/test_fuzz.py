@@ -24,7 +24,6 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-
 SEED = 2022
 MEMORY_LIMIT_MB = 600  # a single bomb in the set would need gigabytes
 
@@ -127,7 +126,7 @@ def _prepare_measured(data: Path, out: Path, cwd: Path, home: Path) -> dict:
     """Run prepare (2 workers) in a fresh process; return the peak resident memory (MB) of it and of its workers."""
     code = (
         "import json, resource, sys\n"
-        "from kaggle_gan.prepare import prepare\n"
+        "from kaggle_gan.data.prepare import prepare\n"
         f"prepare({str(data)!r}, {str(out)!r}, size=32, workers=2)\n"
         # VmHWM: this process's own peak (ru_maxrss would include the pytest process it was started from)
         "own = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"

@@ -5,10 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kaggle_gan.generate import MARKER, generate
-from kaggle_gan.io import UserError
-from kaggle_gan.submit import pack, validate
-
+from kaggle_gan.core.io import UserError
+from kaggle_gan.sampling.generate import MARKER, generate
+from kaggle_gan.sampling.submit import pack, validate
 
 
 def test_generation_is_seeded_and_deterministic(run, tmp_path):

@@ -5,15 +5,22 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from kaggle_gan.conditional import ConditionalBatchNorm2d, ConditionalGenerator, ProjectionCritic, class_loss
-from kaggle_gan.experiments.iclevr import chance, iclevr, iclevr_config, lab_evaluator
-from kaggle_gan.experiments.iclevr_scenes import (COLOURS, OBJECTS, TEST_SETS, accuracy, object_index,
-                                                  render, write_layout)
-from kaggle_gan.io import UserError
-from kaggle_gan.prepare import multi_hot, prepare
-
 from conftest import assert_resumes_bit_exactly
+
+from kaggle_gan.core.io import UserError
+from kaggle_gan.data.labels import multi_hot
+from kaggle_gan.data.prepare import prepare
+from kaggle_gan.experiments.iclevr import chance, iclevr, iclevr_config, lab_evaluator
+from kaggle_gan.experiments.iclevr_scenes import (
+    COLOURS,
+    OBJECTS,
+    TEST_SETS,
+    accuracy,
+    object_index,
+    render,
+    write_layout,
+)
+from kaggle_gan.nets.conditional import ConditionalBatchNorm2d, ConditionalGenerator, ProjectionCritic, class_loss
 
 
 def test_the_same_seed_renders_the_same_bytes_and_another_seed_does_not():

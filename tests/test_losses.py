@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kaggle_gan.config import LossConfig
-from kaggle_gan.losses import BCELoss, StepContext, WGANLoss, build_loss, gradient_penalty
+from kaggle_gan.training.losses import BCELoss, StepContext, WGANLoss, build_loss, gradient_penalty
 
 
 class Linear(nn.Module):
@@ -83,7 +83,7 @@ def test_wgan_clips_the_critic_and_estimates_the_distance():
 
 
 def test_build_loss_gives_each_objective_with_its_settings():
-    from kaggle_gan.losses import HingeLoss, WGANGPLoss, WithClassifier, WithR1
+    from kaggle_gan.training.losses import HingeLoss, WGANGPLoss, WithClassifier, WithR1
 
     assert type(build_loss(LossConfig(name="bce"))) is BCELoss
     wgan = build_loss(LossConfig(name="wgan", clip=0.02))
@@ -97,7 +97,7 @@ def test_build_loss_gives_each_objective_with_its_settings():
 
 
 def test_critic_diagnostics_of_known_scores():
-    from kaggle_gan.losses import diagnostics
+    from kaggle_gan.training.losses import diagnostics
 
     r, f = torch.tensor([2.0, -1.0, 3.0]), torch.tensor([-2.0, 1.0, -4.0])
     d = diagnostics(r, f)

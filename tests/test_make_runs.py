@@ -13,7 +13,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from conftest import CASCADE, REPO, make_faces
 
 TINY = "train.max_steps=4 model.g_width=8 model.d_width=8 model.resolution=32 train.batch_size=16"

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from kaggle_gan import metrics
-from kaggle_gan.metrics import RealSide
+from kaggle_gan.scoring import metrics
+from kaggle_gan.scoring.metrics import RealSide
 
 
 def _naive_mmd2(x, y):

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from kaggle_gan.config import resolve
-from kaggle_gan.models import DCGANDiscriminator, DCGANGenerator, build_models
+from kaggle_gan.nets.models import DCGANDiscriminator, DCGANGenerator, build_models
 
 
 def sample_generator():

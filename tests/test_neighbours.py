@@ -10,11 +10,13 @@ import zipfile
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import DEV_ZIP, cli, make_faces, needs_dev_faces
-from kaggle_gan import backbones as bb, neighbours as nb
-from kaggle_gan.io import UserError
-from kaggle_gan.weights import WeightsMissing
+
+from kaggle_gan.core.io import UserError
+from kaggle_gan.core.weights import WeightsMissing
+from kaggle_gan.scoring import backbones as bb
+from kaggle_gan.scoring import neighbours as nb
+from kaggle_gan.scoring import sheet as sheet_mod
 
 # Small untrained networks keep these tests at CPU speed; 32 px is enough to tell 64 px faces apart.
 FAST = dict(backbone="resnet18", weights="random:0", input_size=32)
@@ -50,7 +52,7 @@ def test_k_larger_than_the_index_returns_every_image():
 @pytest.fixture
 def small(tmp_path):
     """16 made-up training images prepared into WORK/data, and a query folder of three of them."""
-    from kaggle_gan.prepare import prepare
+    from kaggle_gan.data.prepare import prepare
 
     faces = make_faces(tmp_path / "faces", n=16, seed=3)
     work = tmp_path / "work"
@@ -77,7 +79,7 @@ def test_training_image_finds_itself_at_rank_one(small, backbone, input_size):
 
 
 def test_index_is_stored_float16_keyed_and_reused(small):
-    from kaggle_gan.data import load_prepared
+    from kaggle_gan.data.prepared import load_prepared
 
     p = load_prepared(small / "data")
     cache = small / "cache" / "neighbours"
@@ -95,7 +97,8 @@ def test_index_is_stored_float16_keyed_and_reused(small):
 def test_weights_file_gives_the_same_features_as_the_network_saved(small, tmp_path):
     import timm
     import torch
-    from kaggle_gan.data import load_prepared
+
+    from kaggle_gan.data.prepared import load_prepared
 
     images = np.asarray(load_prepared(small / "data").images[:4])
     seeded = bb.load_backbone("resnet18", "random:5", "cpu", 32)
@@ -139,7 +142,7 @@ def _recall_at_5(images: np.ndarray) -> float:
 
 @needs_dev_faces
 def test_copies_of_real_faces_find_their_source():
-    from kaggle_gan.imagefiles import decode_image
+    from kaggle_gan.data.imagefiles import decode_image
 
     with zipfile.ZipFile(DEV_ZIP) as zf:
         names = [n for n in zf.namelist() if n.lower().endswith((".jpg", ".png"))][:400]
@@ -148,7 +151,7 @@ def test_copies_of_real_faces_find_their_source():
 
 
 def test_copies_of_made_up_faces_find_their_source(tmp_path):
-    from kaggle_gan.prepare import prepare
+    from kaggle_gan.data.prepare import prepare
 
     p = prepare(str(make_faces(tmp_path / "faces", n=200, seed=7)), tmp_path / "data", size=64, workers=1)
     assert _recall_at_5(np.asarray(p.images)) >= 0.95
@@ -185,7 +188,7 @@ def test_sheet_shows_at_most_rows_queries_most_similar_first(small, tmp_path):
         shutil.copy(f, queries / f"new-{f.name}")
     s = nb.neighbours(queries, small / "data", small, k=2, rows=2, threshold=0.999, quiet=True, **FAST)
     with Image.open(small / "runs" / "r" / "neighbours" / "neighbours.png") as sheet:
-        assert sheet.size == nb.sheet_size(2, 2, 64) == (4 + 3 * 132, 20 + 2 * 156 + 4)
+        assert sheet.size == sheet_mod.sheet_size(2, 2, 64) == (4 + 3 * 132, 20 + 2 * 156 + 4)
     assert s["queries"] == 5 and s["threshold"] == 0.999
     assert {p["query"] for p in s["pairs_above"]} == {"4.png", "5.jpg", "9.jpg"}
 

@@ -6,7 +6,6 @@ import tarfile
 
 import nbformat
 import pytest
-
 from conftest import CASCADE, REPO, make_faces
 
 NOTEBOOK = REPO / "notebooks" / "kaggle.ipynb"

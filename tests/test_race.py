@@ -6,16 +6,15 @@ import subprocess
 import sys
 
 import numpy as np
-
 import pandas as pd
 import pytest
 import torch
-
 from conftest import CASCADE, REPO, cli, needs_cascade
-from kaggle_gan.checkpoint import load_file
+
 from kaggle_gan.config import resolve
-from kaggle_gan.io import UserError
+from kaggle_gan.core.io import UserError
 from kaggle_gan.experiments.race import COLUMNS, race, race_config
+from kaggle_gan.training.checkpoint import load_file
 
 
 def test_race_config_reduces_scale_and_keeps_each_recipe():

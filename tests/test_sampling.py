@@ -5,16 +5,25 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from conftest import CASCADE, DEV_ZIP, needs_cascade, needs_dev_faces
 from PIL import Image
 
-from kaggle_gan.afd import Detector
-from kaggle_gan.curate import keep_top, load_critic
-from kaggle_gan.generate import load_state, generate, generator_of, to_uint8
-from kaggle_gan.interpolate import frame_images, interpolate
-from kaggle_gan.io import UserError, read_json
-from kaggle_gan.sampling import DRAW_BATCH, draw, noise, parse_seeds, path, slerp, truncated_sd, truncation_threshold
-
-from conftest import CASCADE, DEV_ZIP, needs_cascade, needs_dev_faces
+from kaggle_gan.core.io import UserError, read_json
+from kaggle_gan.data.pictures import to_uint8
+from kaggle_gan.sampling.curate import keep_top, load_critic
+from kaggle_gan.sampling.generate import generate, generator_of, load_state
+from kaggle_gan.sampling.interpolate import frame_images, interpolate
+from kaggle_gan.sampling.noise import (
+    DRAW_BATCH,
+    draw,
+    noise,
+    parse_seeds,
+    path,
+    slerp,
+    truncated_sd,
+    truncation_threshold,
+)
+from kaggle_gan.scoring.afd import Detector
 
 
 def test_seeds_parse_ranges_and_lists_in_order():
@@ -120,7 +129,7 @@ def test_interpolation_starts_and_ends_on_the_seeds_images(run, tmp_path):
 
 
 def test_a_conditional_walk_has_one_row_per_class():
-    from kaggle_gan.conditional import ConditionalGenerator
+    from kaggle_gan.nets.conditional import ConditionalGenerator
 
     G = ConditionalGenerator(8, 8, 32, 3).eval()
     z = path(noise([1, 2], 8), 5)
@@ -187,8 +196,8 @@ def test_detector_selection_keeps_the_most_confident(run, tmp_path):
 @needs_cascade
 @needs_dev_faces
 def test_the_cascade_ranks_what_it_counts_above_what_it_does_not():
-    from kaggle_gan.afd import CascadeDetector
-    from kaggle_gan.imagefiles import decode_image
+    from kaggle_gan.data.imagefiles import decode_image
+    from kaggle_gan.scoring.afd import CascadeDetector
 
     cascade = CascadeDetector(CASCADE)
     with zipfile.ZipFile(DEV_ZIP) as zf:

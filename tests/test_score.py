@@ -9,9 +9,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from kaggle_gan import afd, leaderboard as board_mod, score as score_mod
-from kaggle_gan.prepare import prepare
-from kaggle_gan.io import UserError
+from kaggle_gan.core.io import UserError
+from kaggle_gan.data.prepare import prepare
+from kaggle_gan.scoring import afd, homework
+from kaggle_gan.scoring import leaderboard as board_mod
+from kaggle_gan.scoring import score as score_mod
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CASCADE = SHARED / "assets" / "lbpcascade_animeface.xml"
@@ -71,11 +73,11 @@ def test_report_without_inception_weights(data_dir, tmp_path, offline, capsys):
 
 
 def test_verdicts_follow_the_afd_thresholds():
-    v = score_mod.verdicts(0.55, 1000)
+    v = homework.verdicts(0.55, 1000)
     assert [v[k]["pass"] for k in ("simple", "medium", "strong", "boss")] == [True, True, True, False]
-    assert score_mod.best_level(v) == "strong"
-    assert score_mod.best_level(score_mod.verdicts(0.6, 1000)) == "boss"
-    short = score_mod.verdicts(0.9, 999)
+    assert homework.best_level(v) == "strong"
+    assert homework.best_level(homework.verdicts(0.6, 1000)) == "boss"
+    short = homework.verdicts(0.9, 999)
     assert not any(x["pass"] for x in short.values()) and all(x["afd_pass"] for x in short.values())
     assert score_mod.fid_position(60.0, 20.0, 120.0) == pytest.approx(0.4)
     assert score_mod.fid_position(60.0, 20.0, None) is None
@@ -191,8 +193,8 @@ def test_printed_leaderboard(tmp_path):
 
 def test_every_metric_from_one_feature_pass_and_the_detectors_own_ceiling(data_dir, tmp_path, offline):
     """Copies of the reference images: MiFID's memorisation distance is ~0 and its penalty fires."""
-    from kaggle_gan import fid as fid_mod
-    from kaggle_gan.data import load_prepared
+    from kaggle_gan.data.prepared import load_prepared
+    from kaggle_gan.scoring import fid as fid_mod
 
     prepared = load_prepared(data_dir)
     hold, ref = fid_mod.selection(len(prepared.images), score_mod.DEFAULT_REF_COUNT)
@@ -219,7 +221,7 @@ def test_every_metric_from_one_feature_pass_and_the_detectors_own_ceiling(data_d
 
 def test_another_feature_network_by_name_scores_every_metric_and_caches_apart(data_dir, tmp_path, offline):
     """``--features NAME``: a timm network (random weights here: nothing is downloaded) for every distance."""
-    from kaggle_gan.backbones import canonical_name
+    from kaggle_gan.scoring.backbones import canonical_name
 
     assert canonical_name("dinov2") == "vit_large_patch14_dinov2.lvd142m"
     images = write_images(tmp_path / "imgs", list(np.linspace(40, 210, 8)))

@@ -4,7 +4,6 @@ import sys
 import tarfile
 
 import pytest
-
 from conftest import DEV_ZIP, REPO, make_faces, needs_dev_faces
 
 

@@ -1,15 +1,15 @@
-"""What one training step computes (kaggle_gan.step.GANStep), on tiny cases with known answers."""
+"""What one training step computes (kaggle_gan.training.step.GANStep), on tiny cases with known answers."""
 import pytest
 import torch
 from torch import nn
 
 from kaggle_gan.config import resolve
-from kaggle_gan.data import Batch
-from kaggle_gan.distributed import World
-from kaggle_gan.ema import EMA
+from kaggle_gan.data.sources import Batch
 from kaggle_gan.experiments.toy import toy_config
-from kaggle_gan.losses import HingeLoss, StepContext
-from kaggle_gan.step import GANStep
+from kaggle_gan.training.distributed import World
+from kaggle_gan.training.ema import EMA
+from kaggle_gan.training.losses import HingeLoss, StepContext
+from kaggle_gan.training.step import GANStep
 
 SMALL = {"model.g_width": 8, "model.d_width": 8, "model.resolution": 32, "train.batch_size": 4}
 
@@ -92,7 +92,7 @@ def test_a_whole_step_is_a_critic_step_then_a_generator_step_on_its_turn():
 
 
 def test_one_critic_pass_scores_as_two_where_nothing_couples_the_batch():
-    from kaggle_gan.losses import _scores
+    from kaggle_gan.training.losses import _scores
 
     step = gan_step("strong")  # instance norm: each image normalised on its own
     assert step.ctx.joint and not gan_step("strong", train__joint_critic=False).ctx.joint  # on unless turned off

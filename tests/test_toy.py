@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from kaggle_gan.io import UserError
+from kaggle_gan.core.io import UserError
 from kaggle_gan.experiments.toy import Points, coverage, mixture, toy, toy_config
-from kaggle_gan.train import Trainer, train
+from kaggle_gan.training.loop import Trainer, train
 
 
 def test_every_mode_hit_equally_is_full_coverage():

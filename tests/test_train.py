@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from kaggle_gan.checkpoint import load_latest
 from kaggle_gan.config import resolve
-from kaggle_gan.generate import load_generator
-from kaggle_gan.io import RunLock, UserError
-from kaggle_gan.train import Trainer, train
+from kaggle_gan.core.io import RunLock, UserError
+from kaggle_gan.sampling.generate import load_generator
+from kaggle_gan.training.checkpoint import load_latest
+from kaggle_gan.training.loop import Trainer, train
 
 TINY = {"model.g_width": 8, "model.d_width": 8, "model.resolution": 32, "train.batch_size": 16,
         "train.log_every": 2, "train.ckpt_minutes": 100.0}
@@ -93,8 +93,8 @@ def _bn_gap(G, z):
 def test_ema_generator_gets_batch_norm_statistics_measured_for_its_weights():
     """Averaged weights with averaged running statistics draw washed-out images (the race's FID); measured
     statistics make eval mode agree with what train-mode batch norm computes for a large batch."""
-    from kaggle_gan.models import build_models
-    from kaggle_gan.ema import EMA
+    from kaggle_gan.nets.models import build_models
+    from kaggle_gan.training.ema import EMA
 
     cfg = resolve("baseline", TINY).model
     torch.manual_seed(0)

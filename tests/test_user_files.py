@@ -20,18 +20,17 @@ from typing import List
 import numpy as np
 import pytest
 import torch
-
-from kaggle_gan.checkpoint import load_latest
-from kaggle_gan.chunks import chunked_rows
-from kaggle_gan.cli import main
-from kaggle_gan.data import load_prepared
-from kaggle_gan.prepare import prepare
-from kaggle_gan.generate import MARKER, generate
-from kaggle_gan.io import RunLock, UserError, current_umask
-from kaggle_gan.train import train
-
 from conftest import cli, make_faces
 from test_train import TINY, tiny
+
+from kaggle_gan.cli import main
+from kaggle_gan.core.chunks import chunked_rows
+from kaggle_gan.core.io import RunLock, UserError, current_umask
+from kaggle_gan.data.prepare import prepare
+from kaggle_gan.data.prepared import load_prepared
+from kaggle_gan.sampling.generate import MARKER, generate
+from kaggle_gan.training.checkpoint import load_latest
+from kaggle_gan.training.loop import train
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +147,7 @@ def test_the_lock_is_free_once_its_holder_dies_even_if_a_forked_child_lives_on(t
     folder = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", (
         "import os, sys, time\n"
-        "from kaggle_gan.io import RunLock\n"
+        "from kaggle_gan.core.io import RunLock\n"
         f"RunLock({str(folder)!r}).acquire()\n"
         "if os.fork() == 0:\n"
         "    time.sleep(600)\n"  # the orphan-to-be keeps every inherited descriptor open
@@ -241,9 +240,9 @@ def test_chunked_rows_continue_after_an_interruption_and_give_the_same_array(tmp
 
 
 def test_reference_statistics_interrupted_midway_continue_to_the_same_numbers(tmp_path):
-    from kaggle_gan import fid
+    from kaggle_gan.scoring import fid, inception
 
-    model = fid.load_inception("random:0", "cpu")
+    model = inception.load_inception("random:0", "cpu")
     images = np.random.default_rng(0).integers(0, 255, (24, 32, 32, 3), dtype=np.uint8)
     calls = []
 
@@ -383,14 +382,13 @@ def test_the_cli_records_the_preset_under_another_run_name(data, tmp_path):
     argv = ["train", "--preset", "baseline", "--run", "anchor", "--work", str(tmp_path), "--data", str(data),
             "--device", "cpu", "--set", " ".join(f"{k}={v}" for k, v in {**TINY, "train.max_steps": 1}.items())]
     assert main(argv) == 0
-    from kaggle_gan.score import _run_preset
+    from kaggle_gan.scoring.score import _run_preset
 
     assert _run_preset(tmp_path / "runs" / "anchor") == "baseline"
 
 
 def test_the_notebook_never_installs_a_package_by_a_bare_name():
     import nbformat
-
     from conftest import REPO
 
     nb = nbformat.read(REPO / "notebooks" / "kaggle.ipynb", as_version=4)

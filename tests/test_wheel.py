@@ -5,7 +5,6 @@ import sys
 import zipfile
 
 import pytest
-
 from conftest import REPO
 
 # What the wheelhouse must bring itself; everything else comes from the "machine" (this venv).
@@ -53,7 +52,7 @@ def test_wheelhouse_installs_offline_into_a_fresh_venv_and_imports(tmp_path):
     assert [w.split("-")[0] for w in wheels] == ["kaggle_gan", "pytorch_fid"], wheels
     with zipfile.ZipFile(house / wheels[0]) as whl:
         names = whl.namelist()
-    assert "kaggle_gan/cli.py" in names and "kaggle_gan/distributed.py" in names
+    assert "kaggle_gan/cli.py" in names and "kaggle_gan/training/distributed.py" in names
     assert not any(n.startswith(("tests/", "notebooks/")) for n in names)  # the package only
 
     venv = kaggle_like_venv(tmp_path)
@@ -63,7 +62,7 @@ def test_wheelhouse_installs_offline_into_a_fresh_venv_and_imports(tmp_path):
     assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-2000:]
     assert "Successfully installed kaggle-gan-0.1.0 pytorch-fid-0.3.0" in install.stdout
 
-    check = ("import kaggle_gan, kaggle_gan.cli, kaggle_gan.train, kaggle_gan.distributed, pytorch_fid; "
+    check = ("import kaggle_gan, kaggle_gan.cli, kaggle_gan.training.loop, kaggle_gan.training.distributed, pytorch_fid; "
              "print(kaggle_gan.__file__); print(kaggle_gan.__version__)")
     ran = subprocess.run([str(python), "-c", check], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert ran.returncode == 0, ran.stderr[-2000:]

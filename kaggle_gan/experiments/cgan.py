@@ -2,8 +2,8 @@
 
 The generator takes a class with its noise (conditional batch norm, plus an
 embedding or one-hot input), the critic is a projection critic, optionally
-with an auxiliary classifier (:mod:`kaggle_gan.conditional`, ``model.classes`` > 0);
-:class:`kaggle_gan.train.Trainer` trains them with any loss. Grading follows
+with an auxiliary classifier (:mod:`kaggle_gan.nets.conditional`, ``model.classes`` > 0);
+:class:`kaggle_gan.training.loop.Trainer` trains them with any loss. Grading follows
 how conditional generation is judged: a classifier trained by the project on
 real images reads generated ones, and its accuracy against the class asked
 for is reported per class; its accuracy on held-out real images is the ceiling.
@@ -28,7 +28,7 @@ from typing import Dict, Optional, Tuple, Union
 import numpy as np
 
 from ..config import Config, Preset, describe_presets, resolve
-from ..io import RunLock, UserError, atomic_path, read_json, write_json
+from ..core.io import RunLock, UserError, atomic_path, read_json, write_json
 from .grader import logits, small_cnn, train_grader
 
 DIGITS = "digits"
@@ -73,8 +73,7 @@ def prepare_digits(out: Path, size: int = 32) -> "Prepared":  # noqa: F821
     """The digits as a prepared labelled folder (the same files ``prepare --labels`` writes); a no-op if done."""
     import pandas as pd
 
-    from ..data import load_prepared
-    from ..prepare import write_prepared
+    from ..data.prepared import load_prepared, write_prepared
 
     out = Path(out)
     want = {"source": DIGITS, "size": size}
@@ -112,7 +111,7 @@ def generate_per_class(G, classes: int, per_class: int, z_dim: int, seed: int, d
     """``per_class`` images of every class from ``G`` (eval mode): ((classes * per_class, 3, R, R), asked labels)."""
     import torch
 
-    from ..data import fixed_noise
+    from ..data.sources import fixed_noise
 
     y = torch.arange(classes).repeat_interleave(per_class)
     z = fixed_noise(len(y), z_dim, seed)
@@ -139,9 +138,10 @@ def cgan(out: Union[str, Path], data: str = DIGITS, labels: Optional[str] = None
          overrides: Optional[Dict[str, str]] = None, per_class: int = 100, device: str = "auto",
          cache: Optional[Path] = None, progress: bool = True) -> dict:
     """Prepare ``data``, train the conditional GAN, grade it; writes the sheet and accuracy files, returns the results."""
-    from ..data import load_prepared, resize_images, save_grid
-    from ..prepare import prepare
-    from ..train import Trainer
+    from ..data.pictures import resize_images, save_grid
+    from ..data.prepare import prepare
+    from ..data.prepared import load_prepared
+    from ..training.loop import Trainer
 
     out = Path(out)
     if data == DIGITS:

@@ -16,7 +16,7 @@ from typing import Callable, Sequence, Tuple
 
 import numpy as np
 
-from ..io import atomic_path
+from ..core.io import atomic_path
 
 HELD_OUT = 0.2  # share of the real images the classifier never trains on: its ceiling is measured there
 
@@ -66,7 +66,7 @@ def train_grader(images: np.ndarray, labels: np.ndarray, model: "torch.nn.Module
     """
     import torch
 
-    from ..conditional import class_loss
+    from ..nets.conditional import class_loss
 
     if path.is_file():
         state = torch.load(path, weights_only=True)

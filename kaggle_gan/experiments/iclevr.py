@@ -2,9 +2,9 @@
 
 Each image holds 1 to 3 of 24 objects (8 colours x 3 shapes); the generator
 gets the set as a multi-hot condition and must draw exactly those objects.
-The pair is the class-conditional one (:mod:`kaggle_gan.conditional`: a set
+The pair is the class-conditional one (:mod:`kaggle_gan.nets.conditional`: a set
 embedding into conditional batch norm, a projection critic on the set, an
-auxiliary multi-label head), trained by the one :class:`~kaggle_gan.train.Trainer`.
+auxiliary multi-label head), trained by the one :class:`~kaggle_gan.training.loop.Trainer`.
 
 Grading follows the lab: a multi-label classifier reads each generated
 image; its top-k objects (k = objects asked for) are hits when asked for;
@@ -31,7 +31,7 @@ from typing import Dict, Optional, Union
 import numpy as np
 
 from ..config import Config, Preset, describe_presets, resolve
-from ..io import RunLock, UserError, read_json, sha256_file, write_json
+from ..core.io import RunLock, UserError, read_json, sha256_file, write_json
 from .grader import logits, small_cnn, train_grader
 from .iclevr_scenes import accuracy, write_layout
 
@@ -128,7 +128,7 @@ def draw_sets(G, conditions: "torch.Tensor", z_dim: int, seed: int, device) -> "
     """One image per row of ``conditions`` (B, K) from ``G`` in eval mode, noise from ``seed``."""
     import torch
 
-    from ..data import fixed_noise
+    from ..data.sources import fixed_noise
 
     with torch.no_grad():
         return G(fixed_noise(len(conditions), z_dim, seed).to(device), conditions.to(device)).float().cpu()
@@ -151,9 +151,11 @@ def iclevr(out: Union[str, Path], data: Optional[str] = None, overrides: Optiona
            scenes: int = SCENES, scene_seed: int = 0, evaluator: Optional[str] = None, device: str = "auto",
            cache: Optional[Path] = None, grader_epochs: int = GRADER_EPOCHS, progress: bool = True) -> dict:
     """Render (once) or read the layout, prepare, train, grade on test.json and new_test.json; returns the results."""
-    from ..data import load_prepared, save_grid
-    from ..prepare import multi_hot, prepare
-    from ..train import Trainer
+    from ..data.labels import multi_hot
+    from ..data.pictures import save_grid
+    from ..data.prepare import prepare
+    from ..data.prepared import load_prepared
+    from ..training.loop import Trainer
 
     out = Path(out)
     cfg = iclevr_config(overrides)
@@ -219,4 +221,3 @@ def format_table(results: dict) -> str:
 
 def describe() -> str:
     return describe_presets(ICLEVR_PRESETS)
-

@@ -141,7 +141,7 @@ def _render_file(args) -> None:
     path, objects, seed = args
     from PIL import Image
 
-    from ..io import atomic_path
+    from ..core.io import atomic_path
 
     with atomic_path(path, suffix=".png") as tmp:
         Image.fromarray(render(objects, seed)).save(tmp, format="PNG")
@@ -161,8 +161,8 @@ def write_layout(out: Union[str, Path], count: int = 18_000, seed: int = 0, work
 
     from tqdm.auto import tqdm
 
-    from ..io import write_json
-    from ..runtime import available_cores
+    from ..core.io import write_json
+    from ..core.runtime import available_cores
 
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)

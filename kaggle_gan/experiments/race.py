@@ -1,6 +1,6 @@
 """The race: every preset on the same data for the same number of images shown to the critic.
 
-Each preset is trained with :func:`kaggle_gan.train.train` (the one loop) at a
+Each preset is trained with :func:`kaggle_gan.training.loop.train` (the one loop) at a
 reduced resolution and width, in segments that resume one another; after each
 segment the EMA generator draws images the way ``kaggle-gan generate`` does
 (upsampled to 64x64 JPEGs) and they are scored with the project's AFD and FID
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
 from ..config import RACE, Config, resolve
-from ..io import UserError, atomic_path, read_json, save_figure, write_json
+from ..core.io import UserError, atomic_path, read_json, save_figure, write_json
 
 PRESETS = ("baseline", "medium", "wgan", "strong", "boss")
 # the default scale lives in config.RACE, where the command line reads it without importing this module
@@ -69,9 +69,9 @@ def _recipe(cfg: Config) -> dict:
 
 def fid_model(inception_weights: Optional[str], device):
     """The Inception network for FID: the given weights, else the cached real ones, else ``random:0`` (a proxy)."""
-    from .. import fid as fid_mod
+    from ..scoring import inception
 
-    return fid_mod.load_inception_or_proxy(inception_weights, device, "race")
+    return inception.load_inception_or_proxy(inception_weights, device, "race")
 
 
 def race(
@@ -99,7 +99,7 @@ def race(
     At every point: AFD on ``count`` images and FID on the first ``fid_count``
     of them (``fid_small``, comparable along the curve); at the last point also
     the FID of all ``count`` (``fid``) and its half-sample standard deviation
-    (``fid_sd``, :func:`kaggle_gan.fid.half_sample_sd`). Presets whose recipe
+    (``fid_sd``, :func:`kaggle_gan.scoring.fid.half_sample_sd`). Presets whose recipe
     is the same at a fixed budget (medium is baseline trained longer) are
     trained once and reported with ``same_as``. ``overrides`` apply to every preset (for
     ablations: ``{"train.augment": ""}``). The FID reference statistics are
@@ -108,11 +108,11 @@ def race(
     """
     import pandas as pd
 
-    from .. import afd as afd_mod
-    from .. import fid as fid_mod
-    from ..data import load_prepared
-    from ..runtime import resolve_device
-    from ..train import train
+    from ..core.runtime import resolve_device
+    from ..data.prepared import load_prepared
+    from ..scoring import afd as afd_mod
+    from ..scoring import fid as fid_mod
+    from ..training.loop import train
 
     data_dir, work = Path(data_dir), Path(work)
     if kimg <= 0 or points < 1 or count < 2 or not 2 <= fid_count <= count:
@@ -199,9 +199,9 @@ def race(
 def draw_images(snapshot: Path, out: Path, count: int, seed: int, prepared, detector, device: str):
     """One point's images and their AFD: ``count`` images drawn from ``snapshot`` the way ``kaggle-gan generate``
     does (64x64 JPEGs in ``out``), read back like ``score`` reads a folder, at the prepared data's size."""
-    from .. import afd as afd_mod
-    from ..generate import generate
-    from ..score import load_image_folder
+    from ..sampling.generate import generate
+    from ..scoring import afd as afd_mod
+    from ..scoring.score import load_image_folder
 
     folder = generate(snapshot, out, n=count, seed=seed, size=64, device=device)
     names, images, _ = load_image_folder(folder, int(prepared.images.shape[1]), prepared.meta.get("resample", "bilinear"))
@@ -212,9 +212,9 @@ def score_point(snapshot: Path, out: Path, count: int, fid_count: int, last: boo
                 device: str, desc: str) -> dict:
     """One point's scores (the keys of ``SCORES``): AFD on ``count`` images drawn by :func:`draw_images` (seed 0);
     FID, KID and precision/recall of the first ``fid_count`` against ``ref`` (comparable along the curve); at
-    the ``last`` point also the FID of all and its :func:`kaggle_gan.fid.half_sample_sd` (None elsewhere)."""
-    from .. import fid as fid_mod
-    from .. import metrics
+    the ``last`` point also the FID of all and its :func:`kaggle_gan.scoring.fid.half_sample_sd` (None elsewhere)."""
+    from ..scoring import fid as fid_mod
+    from ..scoring import metrics
 
     images, rate = draw_images(snapshot, out, count, 0, prepared, detector, device)
     feats = fid_mod.activations(images if last else images[:fid_count], model, desc=desc)
@@ -234,7 +234,7 @@ def score_point(snapshot: Path, out: Path, count: int, fid_count: int, last: boo
 def race_reference(prepared, model, cache: Path, ref_count: int, resolution: int):
     """The race's FID reference statistics (cached): ``ref_count`` training images seen through
     :func:`reference_view`, as the ``resolution``-px models see them."""
-    from .. import fid as fid_mod
+    from ..scoring import fid as fid_mod
 
     return fid_mod.reference_stats(prepared.images, prepared.meta["images_sha256"], model, cache, ref_count,
                                    view=reference_view(resolution, int(prepared.images.shape[1])))
@@ -254,7 +254,7 @@ def reference_view(resolution: int, size: int):
     """
     if resolution >= size:
         return None
-    from ..data import resize_images
+    from ..data.pictures import resize_images
 
     return f"{resolution}px-and-back", lambda x: resize_images(resize_images(x, resolution), size)
 

@@ -3,7 +3,7 @@
 The classic picture of what a GAN objective does (WGAN-GP and unrolled-GAN
 papers): real points from a ring of 8 Gaussians (radius 2, sigma 0.02) or a
 5x5 grid (spacing 2, sigma 0.05), a small MLP generator and critic, trained
-by the project's one loop (:class:`kaggle_gan.train.Trainer`) with the same
+by the project's one loop (:class:`kaggle_gan.training.loop.Trainer`) with the same
 loss objects as the image presets. The data is a fixed sample of the mixture
 drawn from a seeded generator, served by :class:`Points` (a training-loop
 source like the prepared images).
@@ -30,8 +30,8 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from ..config import Config, Preset, describe_presets, resolve
-from ..data import Batch, fixed_noise
-from ..io import RunLock, UserError, atomic_path, save_figure
+from ..core.io import RunLock, UserError, atomic_path, save_figure
+from ..data.sources import Batch, fixed_noise
 
 #: mixture name -> (mode centres (K, 2), sigma)
 MIXTURES = ("ring8", "grid25")
@@ -126,7 +126,7 @@ def coverage(points: np.ndarray, centres: np.ndarray, sigma: float) -> Coverage:
 
 
 class Points:
-    """A fixed sample of a mixture as a training source (see :class:`kaggle_gan.data.Source`).
+    """A fixed sample of a mixture as a training source (see :class:`kaggle_gan.data.sources.Source`).
 
     ``batch`` serves rows of the sample in the epoch's order; ``picture``
     draws real and generated points over the critic's contour lines.
@@ -196,7 +196,7 @@ def train_toy(name: str, loss: str, run_dir: Path, overrides: Optional[Dict[str,
     """Train one loss on one mixture with the project's loop; its EMA generator's coverage and seconds."""
     import torch
 
-    from ..train import Trainer
+    from ..training.loop import Trainer
 
     cfg = toy_config(loss, overrides)
     t = cfg.train

@@ -1,0 +1,200 @@
+"""Quality along a run: every ``train.eval_every`` thousand images, score the EMA generator and keep the best.
+
+Each evaluation draws ``train.eval_images`` images from the EMA generator
+with the same noise every time (so points differ by the weights alone),
+at the prepared data's size, and measures:
+
+- AFD with the detector (the cached cascade, ``train --detector`` or
+  ``DETECTOR=``; left out, with one line, when there is none);
+- with ``train.eval_features`` (``auto``: on a GPU), Inception features of the
+  same images: FID, KID and precision/recall against the reference statistics
+  that ``score`` uses (same cache), labelled a proxy with random weights.
+
+It appends a row to ``RUN/metrics.csv`` (truncated to the resumed step on a
+resume, like ``log.csv``), redraws ``RUN/quality.png`` and, when the point
+beats every earlier one by ``train.select`` (AFD, ties by KID; or KID; or
+FID), writes its generator to ``RUN/best.pt`` with the row inside it.
+``generate`` then draws from ``best.pt`` unless told ``--checkpoint last``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+
+from ..config import Config
+from ..core.io import UserError, save_figure
+
+METRIC_FIELDS = ["step", "kimg", "afd", "kid", "kid_sd", "fid", "precision", "recall", "eval_s", "best"]
+BEST = "best.pt"
+NOISE_SEED = 31_337  # the evaluation's fixed noise, apart from the run's own streams
+
+
+def selection_key(row: Dict, select: str) -> tuple:
+    """Smaller is better: (-AFD, KID) for ``afd``; (KID,) or (FID,) otherwise. Missing values rank last."""
+    def value(k: str, sign: float = 1.0) -> float:
+        v = row.get(k)
+        return sign * float(v) if v is not None and not math.isnan(float(v)) else math.inf
+
+    return (value("afd", -1.0), value("kid")) if select == "afd" else (value(select),)
+
+
+class Evaluator:
+    """Scores the EMA generator at fixed intervals of a run; see the module's docstring."""
+
+    def __init__(self, cfg: Config, data_dir: Path, run_dir: Path, device: torch.device, step: int,
+                 detector=None, inception_weights: Optional[str] = None, cache: Optional[Path] = None):
+        from ..data.prepared import load_prepared
+        from ..scoring import afd
+        from .runlog import RunLog
+
+        t = cfg.train
+        self.cfg, self.run_dir, self.device = cfg, Path(run_dir), device
+        self.every = max(1, round(t.eval_every * 1000 / t.batch_size))  # in steps
+        self.prepared = load_prepared(Path(data_dir))
+        self.size = int(self.prepared.images.shape[1])
+        self.detector, self.model, self.ref = None, None, None
+        try:
+            self.detector = afd.make_detector(detector)
+        except UserError as err:
+            print(f"train: evaluation without AFD ({err})")
+        features = t.eval_features == "inception" or (t.eval_features == "auto" and device.type == "cuda")
+        if features:
+            self._load_features(inception_weights, Path(cache) if cache else self.run_dir / "cache")
+        elif t.eval_features == "auto":
+            print("train: evaluation on a CPU measures AFD only (Inception takes about 2 min per 1000 images on "
+                  "2 cores); add KID/FID with --set train.eval_features=inception")
+        self.select = t.select
+        if self.select == "afd" and self.detector is None or self.select != "afd" and self.model is None:
+            self.select = "kid" if self.model is not None else "afd"
+            if self.detector is None and self.model is None:
+                print("train: evaluation has neither a detector nor features: it is off")
+            else:
+                print(f"train: best.pt is chosen by {self.select} (train.select={t.select} cannot be measured here)")
+        self.log = RunLog(self.run_dir / "metrics.csv", step, fields=METRIC_FIELDS) if self.active else None
+        self.best = self._stored_best()
+
+    @classmethod
+    def for_run(cls, trainer) -> Optional["Evaluator"]:
+        """A :class:`~kaggle_gan.training.loop.Trainer`'s evaluator when ``train.eval_every`` asks for one, on rank 0,
+        with prepared images on disk (``trainer.evaluation`` = (options, data folder)) and something to
+        measure; else None. Conditional runs are graded by their own experiment (``make cgan``), not here."""
+        if not (trainer.cfg.train.eval_every and trainer.evaluation and trainer.world.is_main):
+            return None
+        if trainer.cfg.model.classes:
+            print("train: train.eval_every is for unconditional images; a conditional run is not evaluated")
+            return None
+        options, data_dir = trainer.evaluation
+        evaluator = cls(trainer.cfg, data_dir, trainer.run_dir, trainer.device, trainer.step, **options)
+        return evaluator if evaluator.active else None
+
+    def run(self, step: int, gan, bar) -> Dict:
+        """The loop's hook: score ``gan``'s sampling generator (:class:`~kaggle_gan.training.step.GANStep`) in eval mode,
+        and write its line above the progress bar."""
+        from ..nets.layers import evaluating
+
+        with evaluating(gan.sampler(), gan.D) as (G, D):
+            row = self(step, G, D)
+        bar.write(describe(row))
+        return row
+
+    @property
+    def active(self) -> bool:
+        return self.detector is not None or self.model is not None
+
+    def _load_features(self, weights: Optional[str], cache: Path) -> None:
+        from ..scoring import fid, inception
+
+        self.model = inception.load_inception_or_proxy(weights, self.device, "train")
+        self.ref = fid.reference_stats(self.prepared.images, self.prepared.meta["images_sha256"], self.model,
+                                       cache, self.cfg.train.eval_ref)
+
+    def _stored_best(self) -> tuple:
+        """The key of the point in ``best.pt`` (written before a resume too), or +inf when there is none."""
+        from .checkpoint import GENERATOR_FORMAT, load_file
+
+        path = self.run_dir / BEST
+        if path.is_file():
+            try:
+                return selection_key(load_file(path, formats=(GENERATOR_FORMAT,))["metrics"], self.select)
+            except (ValueError, KeyError):
+                print(f"train: {path} is damaged or foreign; the next evaluation replaces it")
+        return (math.inf, math.inf)
+
+    @torch.no_grad()
+    def draw(self, G: torch.nn.Module) -> np.ndarray:
+        """(eval_images, size, size, 3) uint8 from ``G`` and the fixed evaluation noise."""
+        from ..data.pictures import to_uint8
+
+        n, z_dim = self.cfg.train.eval_images, self.cfg.model.z_dim
+        z = torch.randn(n, z_dim, generator=torch.Generator().manual_seed(NOISE_SEED))
+        batches = [to_uint8(G(z[a:a + 250].to(self.device)), self.size) for a in range(0, n, 250)]
+        return np.concatenate(batches)
+
+    def __call__(self, step: int, G: torch.nn.Module, D: Optional[torch.nn.Module] = None) -> Dict:
+        """Score ``G`` (the EMA generator, in eval mode) at ``step``: a metrics row, best.pt if it is the best
+        (with the critic ``D`` of the same step, which ``generate --select critic`` ranks by)."""
+        from ..scoring import afd, fid, metrics
+        from .checkpoint import save_generator
+
+        started = time.perf_counter()
+        images = self.draw(G)
+        row: Dict = {"step": step, "kimg": round(step * self.cfg.train.batch_size / 1000, 3)}
+        if self.detector is not None:
+            row["afd"] = afd.detection_rate(images, self.detector, progress=False).rate
+        if self.model is not None:
+            feats = fid.activations(images, self.model, desc="evaluate", progress=False)
+            row["fid"] = fid.frechet_distance_to_features(feats, self.ref.mu, self.ref.sigma)
+            if self.ref.real is not None:  # a reference of more than 5 images
+                row["kid"], row["kid_sd"] = metrics.kid(feats, self.ref.real)
+                pr = metrics.precision_recall_density_coverage(feats, self.ref.real)
+                row.update(precision=pr["precision"], recall=pr["recall"])
+        key = selection_key(row, self.select)
+        row["best"] = key < self.best
+        if row["best"]:
+            self.best = key
+            save_generator(G.state_dict(), self.cfg.to_dict(), step, self.run_dir / BEST,
+                           extra={"metrics": {k: v for k, v in row.items() if k != "best"}, "select": self.select,
+                                  **({"D": D.state_dict()} if D is not None else {})})
+        row["eval_s"] = round(time.perf_counter() - started, 2)
+        self.log.append(row)
+        plot_quality(self.run_dir / "metrics.csv", self.run_dir / "quality.png",
+                     self.model.label if self.model is not None else "")
+        return row
+
+def describe(row: Dict) -> str:
+    """One line for the progress bar's log: the point's numbers, and whether it is the best so far."""
+    parts = [f"{row['kimg']:g}k images"]
+    parts += [f"AFD {row['afd']:.3f}"] if "afd" in row else []
+    parts += [f"KID x1000 {row['kid'] * 1000:.3g}", f"FID {row['fid']:.4g}",
+              f"precision {row['precision']:.2f}", f"recall {row['recall']:.2f}"] if "kid" in row else []
+    return "eval: " + ", ".join(parts) + (" (best so far: best.pt)" if row["best"] else "") + f" [{row['eval_s']:.1f} s]"
+
+
+def plot_quality(metrics_csv: Path, out_png: Path, features: str = "") -> Optional[Path]:
+    """AFD (left) and KID x1000 (right, when measured) against thousands of images shown; best point marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    df = pd.read_csv(metrics_csv)
+    panels = [c for c in ("afd", "kid") if c in df and df[c].notna().any()]
+    if df.empty or not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    best = df[df.best.astype(str) == "True"]
+    for ax, col in zip(axes[0], panels):
+        scale = 1000 if col == "kid" else 1
+        ax.plot(df.kimg, df[col] * scale, marker="o")
+        if len(best):
+            ax.axvline(best.kimg.iloc[-1], color="tab:green", linestyle="--", label="best.pt")
+            ax.legend()
+        ylabel = "AFD (higher is better)" if col == "afd" else f"KID x1000, {features} (lower is better)"
+        ax.set(xlabel="thousand images shown to the critic", ylabel=ylabel, title=Path(metrics_csv).parent.name)
+    return save_figure(fig, out_png)
