@@ -22,6 +22,12 @@ SIZE    ?= 64
 COUNT   ?= 1000
 # generate from the run's best.pt (the evaluation's best point, when training evaluated) or last (generator.pt)
 CHECKPOINT ?= best
+# SEEDS or CONDITIONS (one image per seed or set) set generate's count unless COUNT is given on the command line
+GEN_COUNT = $(if $(and $(or $(SEEDS),$(CONDITIONS)),$(filter-out command line,$(origin COUNT))),,--count $(COUNT))
+# a conditional run: the class or set of objects of every image (CONDITION='red cube,blue sphere'), or a file of
+# sets, one image each, in the i-CLEVR lab's format (CONDITIONS=sets.json)
+CONDITION ?=
+CONDITIONS ?=
 # jpg (the homework) or png (Kaggle competitions that ask for PNGs; pack them with FORMAT=zip)
 IMAGE_FORMAT ?= jpg
 # sampling: truncation psi (1 = none), one seed per image (0-999, 5,17,...), a pool of POOL images ranked by
@@ -44,6 +50,8 @@ DETECTOR  ?=
 # score's feature network instead of Inception (dinov2, clip, a timm name) and its weights (a file or random:SEED)
 FEATURES ?=
 FEATURE_WEIGHTS ?=
+# MiFID's memorisation distance against the reference images (empty: the default) or all training images (all)
+MEMORISATION_REF ?=
 # GPUS=N trains with N processes under torchrun (DistributedDataParallel); empty or 1: one process
 GPUS    ?=
 TORCHRUN ?= $(BIN)/torchrun
@@ -136,8 +144,10 @@ help:
 	@echo "  FORMAT=$(FORMAT) (tgz for HW6, zip for Kaggle)  FORCE=1 replaces an existing archive"
 	@echo "  INCEPTION=path|random:SEED  DETECTOR=path  REF_COUNT=N   (scoring; a change re-scores; also train's evaluation)"
 	@echo "  FEATURES=dinov2|clip|timm-name  FEATURE_WEIGHTS=path|random:SEED   (score with another feature network)"
+	@echo "  MEMORISATION_REF=all   (score: MiFID against every training image, as Kaggle; default the reference)"
 	@echo "  CHECKPOINT=$(CHECKPOINT) (best: best.pt when training evaluated; last: generator.pt)  IMAGE_FORMAT=$(IMAGE_FORMAT) (jpg|png)"
 	@echo "  TRUNCATION=$(TRUNCATION) (psi, 0.5-1)  SEEDS=0-999|1,2,3  POOL=M SELECT=critic|detector (keep COUNT of M)  FRAMES=$(FRAMES)"
+	@echo "  CONDITION='red cube,blue sphere'|CLASS  CONDITIONS=sets.json   (generate/interpolate of a conditional run)"
 	@echo "  BACKBONE=clip|inception|timm-name  WEIGHTS=path|random:SEED  INPUT_SIZE=N  QUERY=folder|file  K=$(K)   (neighbours)"
 	@echo "  RUN remembers PRESET, SET and DATA from its first training ($(RECORD)); give them again to change them"
 	@echo "  GPUS=$(GPUS)   N: train on N GPUs with torchrun + DDP (the batch is split N ways)"
@@ -170,16 +180,17 @@ $(GENERATOR): $(RETRAIN) | $(if $(TRAINS),$(PREPARED))
 
 generate: $(IMAGES)
 $(IMAGES): $(GENERATOR) $(RUN_DIR)/.make-generate
-	$(KG) generate --run '$(RUN)' --work '$(WORK)' --count $(COUNT) --size 64 --device $(DEVICE) --checkpoint $(CHECKPOINT) \
+	$(KG) generate --run '$(RUN)' --work '$(WORK)' $(GEN_COUNT) --size 64 --device $(DEVICE) --checkpoint $(CHECKPOINT) \
 		--image-format $(IMAGE_FORMAT) --truncation $(TRUNCATION) $(if $(SEEDS),--seeds '$(SEEDS)') \
-		$(if $(POOL),--pool $(POOL)) $(if $(SELECT),--select $(SELECT)) $(if $(DETECTOR),--detector '$(DETECTOR)')
+		$(if $(POOL),--pool $(POOL)) $(if $(SELECT),--select $(SELECT)) $(if $(DETECTOR),--detector '$(DETECTOR)') \
+		$(if $(CONDITION),--condition '$(CONDITION)') $(if $(CONDITIONS),--conditions '$(CONDITIONS)')
 $(RUN_DIR)/.make-generate: always
-	$(call remember,$@,COUNT=$(COUNT) CHECKPOINT=$(CHECKPOINT) IMAGE_FORMAT=$(IMAGE_FORMAT) TRUNCATION=$(TRUNCATION) SEEDS=$(SEEDS) POOL=$(POOL) SELECT=$(SELECT))
+	$(call remember,$@,COUNT=$(COUNT) CHECKPOINT=$(CHECKPOINT) IMAGE_FORMAT=$(IMAGE_FORMAT) TRUNCATION=$(TRUNCATION) SEEDS=$(SEEDS) POOL=$(POOL) SELECT=$(SELECT) CONDITION=$(CONDITION) CONDITIONS=$(CONDITIONS))
 
 # always runs (seconds): RUN/interpolation/seeds-....gif, .mp4, -strip.png
 interpolate: $(GENERATOR)
 	$(KG) interpolate --run '$(RUN)' --work '$(WORK)' --device $(DEVICE) --checkpoint $(CHECKPOINT) --frames $(FRAMES) \
-		--truncation $(TRUNCATION) $(if $(SEEDS),--seeds '$(SEEDS)')
+		--truncation $(TRUNCATION) $(if $(SEEDS),--seeds '$(SEEDS)') $(if $(CONDITION),--condition '$(CONDITION)')
 
 # replaces an archive that submit itself wrote (new images); anything else there is refused unless FORCE=1
 submit: $(ARCHIVE)
@@ -193,9 +204,10 @@ score: $(SCORES)
 $(SCORES): $(IMAGES) $(RUN_DIR)/.make-score | $(PREPARED)
 	$(KG) score --run '$(RUN)' --work '$(WORK)' --device $(DEVICE) --out '$@' $(if $(REF_COUNT),--ref-count $(REF_COUNT)) \
 		$(if $(INCEPTION),--inception-weights '$(INCEPTION)') $(if $(DETECTOR),--detector '$(DETECTOR)') \
-		$(if $(FEATURES),--features '$(FEATURES)') $(if $(FEATURE_WEIGHTS),--feature-weights '$(FEATURE_WEIGHTS)')
+		$(if $(FEATURES),--features '$(FEATURES)') $(if $(FEATURE_WEIGHTS),--feature-weights '$(FEATURE_WEIGHTS)') \
+		$(if $(MEMORISATION_REF),--memorisation-ref $(MEMORISATION_REF))
 $(RUN_DIR)/.make-score: always
-	$(call remember,$@,INCEPTION=$(INCEPTION) DETECTOR=$(DETECTOR) REF_COUNT=$(REF_COUNT) FEATURES=$(FEATURES) FEATURE_WEIGHTS=$(FEATURE_WEIGHTS))
+	$(call remember,$@,INCEPTION=$(INCEPTION) DETECTOR=$(DETECTOR) REF_COUNT=$(REF_COUNT) FEATURES=$(FEATURES) FEATURE_WEIGHTS=$(FEATURE_WEIGHTS) MEMORISATION_REF=$(MEMORISATION_REF))
 
 # always runs: the feature index of the training data is cached, a query is seconds
 neighbours: $(if $(QUERY),$(INSTALLED),$(IMAGES)) | $(PREPARED)

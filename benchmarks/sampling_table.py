@@ -62,7 +62,8 @@ def main(argv=None) -> int:
     from kaggle_gan.core.runtime import resolve_device
     from kaggle_gan.data.prepared import load_prepared
     from kaggle_gan.experiments.race import race_reference
-    from kaggle_gan.sampling.generate import generate, load_generator
+    from kaggle_gan.sampling.generate import generate
+    from kaggle_gan.sampling.runs import load_generator
     from kaggle_gan.scoring import afd, fid, inception, metrics
     from kaggle_gan.scoring.score import load_image_folder
 

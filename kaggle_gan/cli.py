@@ -45,7 +45,7 @@ def _generate(a):
     out = Path(a.out) if a.out else Path(a.work) / "runs" / a.run / "images"
     generate(source, out, n=a.count, seed=a.seed, size=a.size, device=a.device, quality=a.quality, checkpoint=which,
              image_format=a.image_format, seeds=a.seeds, truncation=a.truncation, pool=a.pool, select=a.select,
-             detector=a.detector)
+             detector=a.detector, condition=a.condition, conditions=a.conditions)
 
 
 def _interpolate(a):
@@ -53,7 +53,7 @@ def _interpolate(a):
 
     source, which = _generator_source(a)
     interpolate(source, a.seeds, a.frames, out=a.out, truncation=a.truncation, size=a.size, fps=a.fps,
-                device=a.device, checkpoint=which)
+                device=a.device, checkpoint=which, condition=a.condition)
 
 
 def _submit(a):
@@ -70,7 +70,7 @@ def _score(a):
     images = Path(a.images) if a.images else Path(a.work) / "runs" / (a.run or "strong") / "images"
     score(images, Path(a.data or Path(a.work) / "data"), Path(a.work), inception_weights=a.inception_weights,
           detector=a.detector, device=a.device, ref_count=a.ref_count, run=a.run, out=a.out,
-          features=a.features, feature_weights=a.feature_weights)
+          features=a.features, feature_weights=a.feature_weights, memorisation_ref=a.memorisation_ref)
 
 
 def _neighbours(a):
@@ -185,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="best: the run's best.pt (the evaluation's best point) when it has one, else generator.pt; "
                         "last: generator.pt (the end of training); or a generator/checkpoint file (default: best)")
     s.add_argument("--out", help="folder (default: WORK/runs/RUN/images)")
-    s.add_argument("--count", type=int, default=1000)
+    s.add_argument("--count", type=int, default=None, help="images to write (default: one per --seeds seed or "
+                   "--conditions set, else 1000)")
     s.add_argument("--seed", type=int, default=0, help="without --seeds, image k is drawn from seed SEED * N + k - 1 "
                    "(N: --pool or --count), so each SEED is a set of its own (default: %(default)s)")
     s.add_argument("--seeds", help="one seed per image drawn, e.g. 0-999 or 5,17,300 (saved in images.json; "
@@ -198,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rank the pool by the run's own critic (within HW6's rules) or the face detector's "
                         "confidence (a pretrained model: for competitions that allow one)")
     s.add_argument("--detector", help="cascade XML for --select detector (default: the cached one)")
+    s.add_argument("--condition", help="a conditional run: the class (a name or index) or the set of objects "
+                   "('red cube,blue sphere') every image is drawn with")
+    s.add_argument("--conditions", metavar="SETS.json", help="a set-conditioned run: one image per set of this file "
+                   "(the i-CLEVR lab's format, a list of object-name lists), and OUT-grid.png, 8 sets a row")
     s.add_argument("--size", type=int, default=64, help="output side in pixels (default: %(default)s)")
     s.add_argument("--quality", type=int, default=85, help="JPEG quality (default: %(default)s)")
     s.add_argument("--image-format", default="jpg", choices=("jpg", "png"),
@@ -210,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", default="1,2,3", help="the seeds to pass through, in order (default: %(default)s)")
     s.add_argument("--frames", type=int, default=60, help="frames in all (default: %(default)s)")
     s.add_argument("--truncation", type=float, default=1.0, metavar="PSI", help="as generate's (default: 1, none)")
+    s.add_argument("--condition", help="a conditional run: one row with this class or set of objects "
+                   "('red cube,blue sphere') instead of a row per class; a set-conditioned run needs it")
     s.add_argument("--size", type=int, default=128, help="frame side in pixels (default: %(default)s)")
     s.add_argument("--fps", type=int, default=20, help="frames per second (default: %(default)s)")
     s.add_argument("--out", help="base path of the outputs (default: WORK/runs/RUN/interpolation/seeds-...)")
@@ -239,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(FD_DINOv2), clip or a timm model name")
     s.add_argument("--feature-weights", help="weights for --features: a file, or random:SEED (default: the "
                    "Hugging Face / torch hub caches; never downloaded)")
+    s.add_argument("--memorisation-ref", choices=("reference", "all"), default="reference",
+                   help="MiFID's memorisation distance against the reference images (default: no extra work) or all "
+                        "training images, as Kaggle computes it (their features are computed once and cached)")
     s.add_argument("--device", default="auto")
 
     s = command("neighbours", _neighbours, "nearest training images of generated ones: did the generator copy?")

@@ -70,7 +70,8 @@ class TrainConfig:
     eval_images: int = 1000
     eval_features: str = "auto"  # auto | inception | none
     eval_ref: int = 10_000  # reference images for KID/FID: score's default, so the two share one cache
-    select: str = "afd"  # afd (ties by KID) | kid | fid
+    select: str = "afd"  # afd | kid | fid: what chooses best.pt (kaggle_gan.training.selection)
+    tensorboard: bool = True  # TensorBoard events beside log.csv when tensorboard is installed
 
 
 @dataclass(frozen=True)

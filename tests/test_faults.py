@@ -39,10 +39,10 @@ from PIL import Image
 from test_train import TINY, tiny
 
 from kaggle_gan.cli import main
-from kaggle_gan.core.io import RunLock, UserError, download, sha256_file
+from kaggle_gan.core.io import MARKER, RunLock, UserError, download, sha256_file
 from kaggle_gan.data.prepare import prepare
 from kaggle_gan.data.prepared import load_prepared
-from kaggle_gan.sampling.generate import MARKER, generate
+from kaggle_gan.sampling.generate import generate
 from kaggle_gan.training.checkpoint import FORMAT, load_file, load_latest, save_checkpoint
 from kaggle_gan.training.loop import Trainer, train
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kaggle_gan.core.io import UserError
-from kaggle_gan.sampling.generate import MARKER, generate
+from kaggle_gan.core.io import MARKER, UserError
+from kaggle_gan.sampling.generate import generate
 from kaggle_gan.sampling.submit import pack, validate
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 from kaggle_gan.core.io import UserError, read_json
 from kaggle_gan.data.pictures import to_uint8
 from kaggle_gan.sampling.curate import keep_top, load_critic
-from kaggle_gan.sampling.generate import generate, generator_of, load_state
+from kaggle_gan.sampling.generate import generate
 from kaggle_gan.sampling.interpolate import frame_images, interpolate
 from kaggle_gan.sampling.noise import (
     DRAW_BATCH,
@@ -23,6 +23,7 @@ from kaggle_gan.sampling.noise import (
     truncated_sd,
     truncation_threshold,
 )
+from kaggle_gan.sampling.runs import generator_of, load_state
 from kaggle_gan.scoring.afd import Detector
 
 
@@ -220,3 +221,104 @@ def test_bad_pool_and_select_are_one_line_errors(run, tmp_path):
     with pytest.raises(UserError, match="truncation"):
         generate(run, tmp_path / "x", n=10, truncation=1.2, device="cpu")
     assert not (tmp_path / "x").exists()
+
+
+# --- the count follows the seeds; conditional runs drawn by condition ---------------------------------------
+
+
+def test_seeds_without_a_count_draw_one_image_per_seed_and_only_a_contradiction_is_refused(run, tmp_path):
+    from kaggle_gan.cli import main
+
+    assert main(["generate", "--checkpoint", str(run), "--out", str(tmp_path / "a"), "--seeds", "0-49",
+                 "--size", "32", "--device", "cpu"]) == 0
+    assert len(list((tmp_path / "a").glob("*.jpg"))) == 50  # before: refused ("lists 50 seeds but 1000 images")
+    assert main(["generate", "--checkpoint", str(run), "--out", str(tmp_path / "b"), "--seeds", "0-49",
+                 "--count", "50", "--size", "32", "--device", "cpu"]) == 0
+    with pytest.raises(UserError, match="lists 50 seed.* --count 60"):
+        generate(run, tmp_path / "c", n=60, seeds="0-49", size=32, device="cpu")
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.fixture(scope="module")
+def set_run(tmp_path_factory):
+    """A few steps of an i-CLEVR-style run: a generator conditioned on sets of the lab's 24 objects."""
+    from kaggle_gan.data.prepare import prepare
+    from kaggle_gan.experiments.iclevr import iclevr_config
+    from kaggle_gan.experiments.iclevr_scenes import write_layout
+    from kaggle_gan.training.loop import train
+
+    root = tmp_path_factory.mktemp("sets")
+    folder = write_layout(root / "lab", count=40, seed=1, progress=False)
+    data = prepare(str(folder), root / "data", size=32, labels="iclevr").folder
+    cfg = iclevr_config({"model.resolution": "32", "model.g_width": "8", "model.d_width": "8",
+                         "train.batch_size": "16", "train.max_steps": "4", "train.sample_every": "0"})
+    return train(cfg, data, root / "run", device="cpu", progress=False)
+
+
+def test_a_set_conditioned_generator_draws_the_set_asked_for(set_run, tmp_path):
+    from kaggle_gan.sampling.conditions import parse_condition
+
+    state = load_state(set_run)
+    assert state["condition"] == "set" and state["class_names"][:2] == ["gray cube", "red cube"]
+    out = generate(set_run, tmp_path / "a", size=32, device="cpu", condition="red cube,blue sphere", seeds="0-3")
+    assert len(list(out.glob("*.jpg"))) == 4
+    # image k is G(noise(seed k), the multi-hot set): the same as drawing it by hand
+    G, cfg, _ = generator_of(state, torch.device("cpu"), set_run)
+    y = torch.zeros(2, 24)
+    y[:, [1, 10]] = 1.0  # red cube (1) and blue sphere (10), the lab's indices
+    by_hand = draw(G, noise([2, 3], cfg.model.z_dim), torch.device("cpu"), y)
+    drawn = draw(G, noise([2, 3], cfg.model.z_dim), torch.device("cpu"),
+                 parse_condition("red cube,blue sphere", state["class_names"], sets=True).expand(2, 24))
+    assert torch.equal(by_hand, drawn)
+    other = draw(G, noise([2, 3], cfg.model.z_dim), torch.device("cpu"), torch.eye(24)[[5, 5]])
+    assert not torch.equal(by_hand, other)  # another set, another image
+    for bad, why in (("", "names no object"), ("red cube,pink cone", "not one of this run's 24")):
+        with pytest.raises(UserError, match=why):
+            generate(set_run, tmp_path / "b", size=32, device="cpu", condition=bad, seeds="0")
+    with pytest.raises(UserError, match="draws sets of objects: say which"):  # before: silently one object each
+        generate(set_run, tmp_path / "b", n=2, size=32, device="cpu")
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_file_of_sets_draws_one_image_per_set_and_the_labs_grid(set_run, tmp_path):
+    import json
+
+    from PIL import Image
+
+    sets = tmp_path / "sets.json"
+    sets.write_text(json.dumps([["red cube"], ["blue sphere", "gray cylinder"], ["yellow cube"]]))
+    out = generate(set_run, tmp_path / "images", size=32, device="cpu", conditions=sets)
+    assert sorted(p.name for p in out.glob("*.jpg")) == ["1.jpg", "2.jpg", "3.jpg"]
+    with Image.open(tmp_path / "images-grid.png") as grid:
+        assert grid.size == (3 * 32, 32)  # 8 sets a row: 3 sets fill one row
+    meta = json.loads((tmp_path / "images.json").read_text())
+    assert meta["conditions"] == str(sets) and meta["grid"] == "images-grid.png" and meta["seeds"] == [0, 1, 2]
+    (tmp_path / "empty.json").write_text(json.dumps([["red cube"], []]))
+    with pytest.raises(UserError, match="set 1 .* is empty"):
+        generate(set_run, tmp_path / "x", size=32, device="cpu", conditions=tmp_path / "empty.json")
+    with pytest.raises(UserError, match="lists 3 sets, one image each, but --count is 5"):
+        generate(set_run, tmp_path / "x", n=5, size=32, device="cpu", conditions=sets)
+    (tmp_path / "mine-grid.png").write_bytes(b"a picture of the user's")
+    with pytest.raises(UserError, match="refusing to replace .*mine-grid.png"):
+        generate(set_run, tmp_path / "mine", size=32, device="cpu", conditions=sets)
+    assert (tmp_path / "mine-grid.png").read_bytes() == b"a picture of the user's"
+
+
+def test_the_labs_objects_name_a_24_class_generator_file_without_names():
+    from kaggle_gan.sampling.conditions import names_of
+
+    names = names_of({}, 24)
+    assert names[:3] == ["gray cube", "red cube", "blue cube"] and names[-1] == "yellow cylinder"
+    assert names_of({}, 3) == ["0", "1", "2"]
+
+
+def test_interpolating_a_set_conditioned_run_needs_its_set(set_run, tmp_path):
+    from kaggle_gan.sampling.interpolate import interpolate
+
+    with pytest.raises(UserError, match="draws sets of objects"):
+        interpolate(set_run, "1,2", 4, out=tmp_path / "walk", size=32, device="cpu")
+    written = interpolate(set_run, "1,2", 4, out=tmp_path / "walk", size=32, device="cpu", condition="red sphere")
+    from PIL import Image
+
+    with Image.open(written["strip"]) as strip:
+        assert strip.size == (4 * 32, 32)  # one row: the set asked for

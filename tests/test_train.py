@@ -3,7 +3,7 @@ import torch
 
 from kaggle_gan.config import resolve
 from kaggle_gan.core.io import RunLock, UserError
-from kaggle_gan.sampling.generate import load_generator
+from kaggle_gan.sampling.runs import load_generator
 from kaggle_gan.training.checkpoint import load_latest
 from kaggle_gan.training.loop import Trainer, train
 

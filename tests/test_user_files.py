@@ -20,15 +20,15 @@ from typing import List
 import numpy as np
 import pytest
 import torch
-from conftest import cli, make_faces
+from conftest import DEV_ZIP, cli, make_faces, needs_dev_faces
 from test_train import TINY, tiny
 
 from kaggle_gan.cli import main
 from kaggle_gan.core.chunks import chunked_rows
-from kaggle_gan.core.io import RunLock, UserError, current_umask
+from kaggle_gan.core.io import MARKER, RunLock, UserError, current_umask
 from kaggle_gan.data.prepare import prepare
 from kaggle_gan.data.prepared import load_prepared
-from kaggle_gan.sampling.generate import MARKER, generate
+from kaggle_gan.sampling.generate import generate
 from kaggle_gan.training.checkpoint import load_latest
 from kaggle_gan.training.loop import train
 
@@ -351,6 +351,24 @@ def test_a_full_disk_ends_in_one_line_and_keeps_what_was_there(small_disk, data,
             "cpu", "--set", "train.max_steps=2 model.resolution=32 train.batch_size=16"]
     err = cli_error(capsys, argv)
     assert "no space left" in err and "WORK=" in err
+
+
+@needs_dev_faces
+def test_the_dev_zip_on_a_full_disk_ends_in_one_line_before_writing(small_disk, capsys):
+    """10,127 faces make a 124 MB images.npy: refused before it is written, not a traceback from numpy 2's
+    ``tofile`` ("Not enough free space to write N bytes after offset M", an OSError without an errno)."""
+    argv = ["prepare", "--data", str(DEV_ZIP), "--out", str(small_disk / "data"), "--workers", "2"]
+    err = cli_error(capsys, argv)
+    assert "no space left on the device (124.4 MB needed" in err and "WORK=" in err
+    assert sorted(p.name for p in (small_disk / "data").iterdir()) == [".lock"]
+
+
+def test_numpys_own_full_disk_message_is_a_write_failure():
+    from kaggle_gan.core.io import write_failure
+
+    err = OSError("Not enough free space to write 124440576 bytes after offset 128")  # numpy 2, no errno
+    assert "no space left on the device" in str(write_failure(err, "/x/images.npy"))
+    assert write_failure(OSError("something else entirely"), "/x") is None
 
 
 def test_a_read_only_work_folder_ends_in_one_line(small_disk, data, run, tmp_path, capsys):

@@ -19,6 +19,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Union
 
+# inside a folder of images that ``generate`` wrote: what it wrote and how (checkpoint, seeds, truncation, pool);
+# generate reads it before replacing the folder, score before recording how the images were made
+MARKER = ".kaggle_gan.json"
+GENERATED_BY = "kaggle_gan generate"
+
 
 class UserError(RuntimeError):
     """A problem the user can fix; the CLI prints it as one line, without a traceback."""
@@ -53,23 +58,41 @@ _WRITE_ERRORS: Dict[int, tuple] = {
     errno.EACCES: ("permission denied", "point WORK= (--work) at a folder you can write to"),
     errno.EPERM: ("operation not permitted", "point WORK= (--work) at a folder you can write to"),
 }
-# what torch.save (RuntimeError) and numpy.save (OSError without errno) raise when the disk fills under them
-_SHORT_WRITE = re.compile(r"PytorchStreamWriter failed|file write failed|unexpected pos|requested and \d+ written")
+# what torch.save (RuntimeError) and numpy.save (OSError without errno) raise when the disk fills under them;
+# numpy 2's tofile says "Not enough free space to write N bytes after offset M"
+_SHORT_WRITE = re.compile(r"PytorchStreamWriter failed|file write failed|unexpected pos|requested and \d+ written"
+                          r"|not enough free space", re.IGNORECASE)
 
 
-def write_failure(err: BaseException, path: Union[str, Path, None] = None) -> Optional[UserError]:
+def write_failure(err: BaseException, path: Union[str, Path, None] = None, detail: str = "") -> Optional[UserError]:
     """A one-line :class:`UserError` for a write that failed for a reason the user must fix
     (full disk, quota, read-only or forbidden folder), naming ``path``; None for any other error."""
     if isinstance(err, OSError) and err.errno in _WRITE_ERRORS:
         what, fix = _WRITE_ERRORS[err.errno]
         where = err.filename if err.filename is not None and path is None else path
     elif isinstance(err, (OSError, RuntimeError)) and not isinstance(err, UserError) and _SHORT_WRITE.search(str(err)):
-        what, fix = "a short write (no space left on the device?)", _WRITE_ERRORS[errno.ENOSPC][1]
+        what = ("no space left on the device" if "free space" in str(err).lower()
+                else "a short write (no space left on the device?)")
+        fix = _WRITE_ERRORS[errno.ENOSPC][1]
         where = path
     else:
         return None
-    return UserError(f"cannot write {where if where is not None else 'a file'}: {what}; {fix}. "
+    return UserError(f"cannot write {where if where is not None else 'a file'}: {what}{detail}; {fix}. "
                      "Files written before are unchanged; run the same command again afterwards")
+
+
+def ensure_free_space(folder: Path, nbytes: int) -> None:
+    """Refuse, in one line naming ``folder``, a write of ``nbytes`` that cannot fit on its disk, before any of
+    it is written (a large array: the message is the same as a full disk's, without waiting for one)."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:  # no answer (a folder that does not exist yet): the write itself will tell
+        return
+    if nbytes > free:
+        raise write_failure(OSError(errno.ENOSPC, "needs more space"), Path(folder),
+                            f" ({nbytes / 1e6:.1f} MB needed, {free / 1e6:.1f} MB free)")
 
 
 def cache_dir() -> Path:

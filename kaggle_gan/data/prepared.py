@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from ..core.io import UserError, atomic_path, read_json, sha256_file, write_json
+from ..core.io import UserError, atomic_path, ensure_free_space, read_json, sha256_file, write_json
 from ..core.version import __version__
 
 
@@ -52,6 +52,7 @@ def write_prepared(out: Path, images: np.ndarray, manifest, meta: dict, labels: 
     import contextlib
 
     out.mkdir(parents=True, exist_ok=True)
+    ensure_free_space(out, images.nbytes + (0 if labels is None else np.asarray(labels).nbytes))
     done = out / "prepare.json"
     # Every file is written under a temporary name first, so a full disk or a kill while writing leaves the
     # earlier prepared folder whole. Only then is prepare.json removed (the folder is unfinished until it is

@@ -9,7 +9,7 @@ as float batches on the training device; the toy's 2-D points
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple, Optional, Protocol
+from typing import List, NamedTuple, Optional, Protocol
 
 import numpy as np
 
@@ -65,7 +65,7 @@ class DeviceImages:
     """
 
     def __init__(self, images: np.ndarray, device, channels_last: bool = False, labels: Optional[np.ndarray] = None,
-                 classes: int = 0, flip: bool = True, sha256: str = ""):
+                 classes: int = 0, flip: bool = True, sha256: str = "", names: Optional[List[str]] = None):
         import torch
 
         self.device = torch.device(device)
@@ -79,6 +79,7 @@ class DeviceImages:
         else:
             self.labels = None
         self.channels_last, self.classes, self.flip, self.sha256 = channels_last, classes, flip, sha256
+        self.names = list(names or [])  # the class (or object) names, which generator files carry
 
     def __len__(self) -> int:
         return self.data.shape[0]
@@ -148,7 +149,8 @@ def open_images(data_dir: Path, cfg: "Config", device, channels_last: bool = Fal
         print(f"train: prepared images are {images.shape[1]}px, resizing once to model.resolution={cfg.model.resolution}")
         images = resize_images(images, cfg.model.resolution)
     return DeviceImages(images, _data_device(images, device), channels_last, labels=labels,
-                        classes=len(prepared.classes) if labels is not None else 0, flip=cfg.train.flip, sha256=sha)
+                        classes=len(prepared.classes) if labels is not None else 0, flip=cfg.train.flip, sha256=sha,
+                        names=prepared.classes if labels is not None else None)
 
 
 def _data_device(images: np.ndarray, device) -> "torch.device":  # noqa: F821

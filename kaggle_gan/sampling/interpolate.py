@@ -39,11 +39,15 @@ def interpolate(
     fps: int = 20,
     device: str = "auto",
     checkpoint: str = "best",
+    condition: Optional[str] = None,
 ) -> Dict[str, Path]:
-    """Write the GIF, MP4 (when possible), strip PNG and JSON for ``seeds``; returns {kind: path}."""
+    """Write the GIF, MP4 (when possible), strip PNG and JSON for ``seeds``; returns {kind: path}. A conditional
+    generator draws a row per class, or one row with ``condition`` (a class, or a set of objects: a
+    set-conditioned generator needs one)."""
     from ..core.runtime import resolve_device
-    from .generate import load_generator
+    from .conditions import conditions_for, draws_sets
     from .noise import check_path, noise, parse_seeds, path, truncation_threshold
+    from .runs import generator_of, load_state
 
     seeds = parse_seeds(seeds) if isinstance(seeds, str) else [int(s) for s in seeds]
     check_path(len(seeds), frames)  # before the generator loads
@@ -57,11 +61,15 @@ def interpolate(
                "json": _named(base, ".json")}
     _check_replaceable(targets)
     dev = resolve_device(device)
-    G, cfg, step = load_generator(source, dev, checkpoint)
+    state = load_state(source, checkpoint)
+    G, cfg, step = generator_of(state, dev, source)
     if cfg.model.arch == "mlp":
         raise UserError(f"{source} is a 2-D toy run: it draws points, not images")
     z = path(noise(seeds, cfg.model.z_dim, truncation), frames)
-    grid = frame_images(G, z, cfg.model.classes, size, dev)  # (frames, rows, size, size, 3)
+    rows = conditions_for(state, cfg.model.classes, 1, [], condition) if condition is not None else None
+    if rows is None and draws_sets(state):  # a class-conditional run draws a row per class; sets have no rows
+        raise UserError("this run draws sets of objects: say which with --condition 'red cube,blue sphere'")
+    grid = frame_images(G, z, cfg.model.classes, size, dev, rows)  # (frames, rows, size, size, 3)
     written = {"gif": _write_gif(_row_frames(grid), targets["gif"], fps)}
     video = _write_mp4(_row_frames(grid), targets["mp4"], fps)
     if video is not None:
@@ -69,6 +77,7 @@ def interpolate(
     picks = np.round(np.linspace(0, frames - 1, min(STRIP_FRAMES, frames))).astype(int)
     written["strip"] = _write_png(_strip(grid[picks]), targets["strip"])
     write_json(targets["json"], {"written_by": WRITTEN_BY, "source": str(source), "step": step, "seeds": seeds,
+                                 "condition": condition,
                                  "frames": frames, "truncation": truncation, "size": size, "fps": fps,
                                  "files": [p.name for p in written.values()]})
     written["json"] = targets["json"]
@@ -78,14 +87,18 @@ def interpolate(
 
 
 @torch.no_grad()
-def frame_images(G, z: torch.Tensor, classes: int, size: int, device: torch.device) -> np.ndarray:
-    """(frames, rows, size, size, 3) uint8: row r is class r for a conditional G (one row otherwise)."""
+def frame_images(G, z: torch.Tensor, classes: int, size: int, device: torch.device,
+                 conditions: Optional[torch.Tensor] = None) -> np.ndarray:
+    """(frames, rows, size, size, 3) uint8: row r is class r for a conditional G, or the r-th of ``conditions``
+    (classes (R,) or sets (R, K)); one row for an unconditional G."""
     from ..data.pictures import to_uint8
     from .noise import batches, draw
 
-    rows = max(1, classes)
+    if conditions is None and classes:
+        conditions = torch.arange(classes)
+    rows = 1 if conditions is None else len(conditions)
     zz = z.repeat_interleave(rows, dim=0)
-    y = torch.arange(rows).repeat(len(z)) if classes else None
+    y = None if conditions is None else conditions.repeat(len(z), *[1] * (conditions.dim() - 1))
     out = [to_uint8(draw(G, zz[sl], device, None if y is None else y[sl]), size) for sl in batches(len(zz))]
     return np.concatenate(out).reshape(len(z), rows, size, size, 3)
 

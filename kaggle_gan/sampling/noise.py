@@ -143,7 +143,7 @@ def batches(count: int, size: int = DRAW_BATCH) -> Iterator[slice]:
 @torch.no_grad()
 def draw(G: Callable, z: torch.Tensor, device: torch.device, y: Optional[torch.Tensor] = None,
          batch_size: int = DRAW_BATCH) -> torch.Tensor:
-    """``G(z[i])`` (with class ``y[i]``) for one chunk of at most ``batch_size`` rows, run as one full batch of
+    """``G(z[i])`` (with condition ``y[i]``: a class, or a row of a multi-hot set) for one chunk of at most ``batch_size`` rows, run as one full batch of
     ``batch_size`` (zero-padded) so the result does not depend on how many rows are drawn together."""
     n = len(z)
     if n > batch_size:
@@ -152,7 +152,7 @@ def draw(G: Callable, z: torch.Tensor, device: torch.device, y: Optional[torch.T
     zp = torch.cat([z, z.new_zeros(pad, z.shape[1])]) if pad else z
     args = (zp.to(device),)
     if y is not None:
-        args += ((torch.cat([y, y.new_zeros(pad)]) if pad else y).to(device),)
+        args += ((torch.cat([y, y.new_zeros((pad, *y.shape[1:]))]) if pad else y).to(device),)  # (B,) or (B, K)
     cudnn = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = False  # autotuning may pick another algorithm, and other rounding, per process
     try:

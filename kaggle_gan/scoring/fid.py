@@ -265,6 +265,32 @@ def reference_stats(
     return ReferenceStats(mu, sigma, ref, hold, floor, key, fields, path, False, floor_sd, real, ceiling)
 
 
+def training_features(images: np.ndarray, images_sha256: str, model: InceptionFeatures, cache: Path,
+                      batch_size: int = 32, chunk: int = REFERENCE_CHUNK) -> np.ndarray:
+    """(N, D) float32 features of every prepared image (MiFID's memorisation distance against the whole
+    training set, as Kaggle measures it), cached under a key of the data and the network, computed ``chunk``
+    images at a time so an interrupted run continues from its last chunk."""
+    fields = {"format": CACHE_FORMAT, "kind": "all", "images_sha256": images_sha256, "n_images": int(len(images)),
+              "size": [int(images.shape[1]), int(images.shape[2])], "resize": RESIZE_POLICY,
+              "weights": model.weights.identity}
+    key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
+    path = Path(cache) / f"train-{key}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if json.loads(str(z["fields"])) == fields and len(z["features"]) == len(images):
+                return z["features"]
+    except Exception:  # missing, truncated or foreign: compute again
+        pass
+    parts = Path(cache) / f"train-{key}.parts"
+    desc = f"training images ({len(images)})"
+    feats = chunked_rows(len(images), lambda a, b: activations(images[a:b], model, batch_size, desc=desc)
+                         .astype(np.float32), parts, chunk, desc=desc)
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, features=feats, fields=json.dumps(fields, sort_keys=True))
+    chunks.remove(parts)
+    return feats
+
+
 def _load_cached(path: Path, fields: dict) -> Optional[tuple]:
     """(mu, sigma, floor, floor_sd, real side, ceiling) from a cache file whose key matches, else None."""
     if not path.is_file():

@@ -210,9 +210,12 @@ def precision_recall_density_coverage(fake: np.ndarray, real: RealSide) -> Dict[
             "density": hits / (DC_K * len(fake)), "coverage": float(covered.mean())}
 
 
-def all_metrics(fake: np.ndarray, real: RealSide, fid: Optional[float]) -> Dict[str, Optional[float]]:
-    """Every number of this module for one generated set, keyed as ``scores.json`` stores them."""
+def all_metrics(fake: np.ndarray, real: RealSide, fid: Optional[float],
+                memorisation: Optional[np.ndarray] = None) -> Dict[str, Optional[float]]:
+    """Every number of this module for one generated set, keyed as ``scores.json`` stores them. MiFID's
+    memorisation distance is to ``memorisation`` (every training image's features) when given, else to the
+    reference's."""
     kid_mean, kid_sd = kid(fake, real)
-    distance = memorisation_distance(fake, real.features)
+    distance = memorisation_distance(fake, real.features if memorisation is None else memorisation)
     return {"kid": kid_mean, "kid_sd": kid_sd, "mifid": None if fid is None else mifid(fid, distance),
             "memorisation_distance": distance, **precision_recall_density_coverage(fake, real)}

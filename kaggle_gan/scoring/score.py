@@ -24,10 +24,12 @@ import numpy as np
 
 from ..core.io import UserError, atomic_path, read_json, write_json
 from ..core.version import __version__
-from .homework import LEVELS, SUBMISSION_COUNT, best_level, verdicts
+from .homework import FID_NOT_CHECKED, LEVELS, SUBMISSION_COUNT, afd_level, verdict_cell, verdicts
 from .leaderboard import METRIC_COLUMNS, read_table, record, significant
+from .provenance import how_drawn
 
 DEFAULT_REF_COUNT = 10_000
+MEMORISATION_REFS = ("reference", "all")  # MiFID's training side: the reference subsample, or every image
 # A run whose name or recorded preset is one of these is the sample-code anchor
 # ("baseline" is the sample-code preset, and a run is named after its preset by default).
 SAMPLE_CODE_NAMES = ("baseline", "sample")
@@ -122,7 +124,7 @@ def _default_out(work: Path, images_dir: Path) -> Path:
 
 
 def report_table(report: dict) -> "pd.DataFrame":  # noqa: F821
-    """One row: image count, FID and its anchors, AFD, and pass/fail per homework level."""
+    """One row: image count, FID and its anchors, AFD, and per homework level whether the AFD clears its bar."""
     import pandas as pd
 
     fid = report["fid"]
@@ -140,9 +142,7 @@ def report_table(report: dict) -> "pd.DataFrame":  # noqa: F821
         "AFD": f"{report['afd']['rate']:.3f}",
     }
     for name, _, _ in LEVELS:
-        v = report["verdicts"][name]
-        row[name] = ("pass" if v["pass"] else "fail (count)" if v["afd_pass"]
-                     else "fail (detector)" if v.get("detector_limited") else "fail")
+        row[name] = verdict_cell(report["verdicts"][name])
     return pd.DataFrame([row])
 
 
@@ -161,6 +161,7 @@ def score(
     quiet: bool = False,
     features: Optional[str] = None,
     feature_weights: Union[str, Path, None] = None,
+    memorisation_ref: str = "reference",
 ) -> dict:
     """Score a folder of images against the prepared training data; write and print the report.
 
@@ -190,6 +191,9 @@ def score(
             (FD_DINOv2, which Stein et al. 2023 found to track human judgement better), ``clip`` or a timm
             model name, with ``feature_weights`` (None: the user's caches; a path; ``random:SEED``).
             The reference statistics are cached per network.
+        memorisation_ref: what MiFID's memorisation distance is measured against: ``reference`` (the
+            reference images, the default: no extra features) or ``all`` (every prepared training image, as
+            Kaggle computes it; their features are cached in chunks like the reference's).
 
     Returns:
         The report written to ``scores.json``.
@@ -204,6 +208,8 @@ def score(
 
     images_dir, data_dir, work = Path(images_dir), Path(data_dir), Path(work)
     ref_count = DEFAULT_REF_COUNT if ref_count is None else int(ref_count)
+    if memorisation_ref not in MEMORISATION_REFS:
+        raise UserError(f"--memorisation-ref must be {' or '.join(MEMORISATION_REFS)}, not {memorisation_ref!r}")
     if ref_count < 2:
         raise UserError(f"--ref-count must be at least 2, got {ref_count}")
     run_dir = _run_dir_of(work, images_dir)
@@ -234,7 +240,8 @@ def score(
     out = Path(out) if out else _default_out(work, images_dir)
     csv_path = out.parent / "afd.csv" if out.name == "scores.json" else out.with_name(out.stem + ".afd.csv")
     if len(images) != SUBMISSION_COUNT:
-        notes.append(f"{len(images)} images: a submission needs exactly {SUBMISSION_COUNT}, so no level can pass")
+        notes.append(f"{len(images)} images: a homework submission is exactly {SUBMISSION_COUNT}; the judge takes "
+                     "no other count")
     if size_note["resized"]:
         w, h = size_note["original_size"]
         notes.append(f"images are {w}x{h}: resized to {size}x{size} like the training data before scoring")
@@ -246,13 +253,17 @@ def score(
         ceiling["afd"] = afd_mod.real_rate(prepared.images, prepared.meta["images_sha256"], holdout, det,
                                            work / "cache" / "fid", progress=not quiet)
     more: dict = dict.fromkeys(METRIC_COLUMNS + ("memorisation_distance",))
+    memorisation = None
     fid_report: dict = {"status": "skipped", "label": "FID", "resize_policy": inception.RESIZE_POLICY}
     if model is not None:
         ref = fid_mod.reference_stats(prepared.images, prepared.meta["images_sha256"], model, work / "cache" / "fid", ref_count)
         feats = fid_mod.activations(images, model, desc=f"scoring ({len(images)} images)")
         value = fid_mod.frechet_distance_to_features(feats, ref.mu, ref.sigma)
         if len(feats) > DC_K and ref.real is not None:  # one feature pass, every number
-            more = all_metrics(feats, ref.real, value)
+            train = (fid_mod.training_features(prepared.images, prepared.meta["images_sha256"], model,
+                                               work / "cache" / "fid") if memorisation_ref == "all" else None)
+            more = all_metrics(feats, ref.real, value, memorisation=train)
+            memorisation = {"against": memorisation_ref, "images": ref.count if train is None else len(train)}
         else:
             notes.append(f"KID, MiFID, precision/recall and density/coverage skipped: they need more than {DC_K} "
                          "images, generated and in the reference")
@@ -286,7 +297,7 @@ def score(
                 f"no sample-code anchor yet: train and score the run {SAMPLE_CODE_NAMES[0]!r} (preset baseline) "
                 "with the same weights"
             )
-    v = verdicts(afd.rate, len(images), ceiling["afd"])
+    v = verdicts(afd.rate, ceiling["afd"])
     limited = [name for name in v if v[name]["detector_limited"]]
     if limited:  # implies a measured ceiling
         notes.append(f"the detector finds a face in only {ceiling['afd']:.1%} of held-out real training images, "
@@ -307,7 +318,10 @@ def score(
         "features": fid_report["label"],
         "real_ceiling": ceiling,
         "verdicts": v,
-        "level": best_level(v),
+        "afd_level": afd_level(v),
+        "count_ok": len(images) == SUBMISSION_COUNT,
+        "memorisation_ref": memorisation,
+        "drawn": how_drawn(images_dir),
         "notes": notes,
         "scores": str(out),
     }
@@ -322,7 +336,7 @@ def score(
 
 def render(report: dict) -> str:
     """The printed form: the table, where the FID stands, and the notes."""
-    lines = [report_table(report).to_string(index=False)]
+    lines = [report_table(report).to_string(index=False), f"levels: {FID_NOT_CHECKED}"]
     fid = report["fid"]
     if fid["status"] == "ok":
         pos = fid.get("position")
@@ -334,6 +348,12 @@ def render(report: dict) -> str:
             f"{fid['label']} {fid['value']:.2f}{sd} (real-data floor {floor}{where}); "
             f"judge FID limits are on another scale ({fid['resize_policy']}, {fid['reference']['count']} reference images)"
         )
+    memo = report.get("memorisation_ref")
+    if memo and report.get("mifid") is not None:
+        against = (f"all {memo['images']} training images, as Kaggle" if memo["against"] == "all" else
+                   f"the {memo['images']} reference images (Kaggle uses every training image: --memorisation-ref all)")
+        lines.append(f"MiFID {report['mifid']:.4g}: memorisation distance {report['memorisation_distance']:.4f} "
+                     f"against {against}")
     real = report["real_ceiling"]["afd"]
     ceiling = "" if real is None else f"; held-out real training images: {real:.3f}" + (
         f", ratio {report['afd']['rate'] / real:.2f}" if real else "")

@@ -106,6 +106,15 @@ def save_generator(weights: Dict[str, Any], config: Dict[str, Any], step: int, p
     return Path(path)
 
 
+def add_to_generator(path: Path, entries: Dict[str, Any]) -> Path:
+    """Rewrite the generator file ``path`` with ``entries`` added (its digest renewed), atomically."""
+    state = load_file(path, formats=(GENERATOR_FORMAT,))
+    state = _stamp({**state, **entries})
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(state, tmp)
+    return Path(path)
+
+
 def _is_whole_pickle(data: bytes) -> bool:
     """True if ``data`` parses as one complete pickle stream (parsed by ``pickletools``, never executed)."""
     import io

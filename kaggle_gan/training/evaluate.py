@@ -11,14 +11,15 @@ at the prepared data's size, and measures:
   that ``score`` uses (same cache), labelled a proxy with random weights.
 
 It appends a row to ``RUN/metrics.csv`` (truncated to the resumed step on a
-resume, like ``log.csv``), redraws ``RUN/quality.png`` and, when the point
-beats every earlier one by ``train.select`` (AFD, ties by KID; or KID; or
-FID), writes its generator to ``RUN/best.pt`` with the row inside it.
-``generate`` then draws from ``best.pt`` unless told ``--checkpoint last``.
+resume, like ``log.csv``), redraws ``RUN/quality.png`` and, when the rule of
+:mod:`kaggle_gan.training.selection` picks the point by ``train.select``
+(AFD, KID or FID), writes its generator to ``RUN/best.pt`` with the row
+inside it. At the end of training :meth:`Evaluator.confirm` scores that point
+again on fresh noise and stores both figures. ``generate`` draws from
+``best.pt`` unless told ``--checkpoint last``.
 """
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Dict, Optional
@@ -28,19 +29,12 @@ import torch
 
 from ..config import Config
 from ..core.io import UserError, save_figure
+from .selection import Selection, spread, value
 
-METRIC_FIELDS = ["step", "kimg", "afd", "kid", "kid_sd", "fid", "precision", "recall", "eval_s", "best"]
+METRIC_FIELDS = ["step", "kimg", "afd", "kid", "kid_sd", "fid", "fid_sd", "precision", "recall", "eval_s", "best"]
 BEST = "best.pt"
 NOISE_SEED = 31_337  # the evaluation's fixed noise, apart from the run's own streams
-
-
-def selection_key(row: Dict, select: str) -> tuple:
-    """Smaller is better: (-AFD, KID) for ``afd``; (KID,) or (FID,) otherwise. Missing values rank last."""
-    def value(k: str, sign: float = 1.0) -> float:
-        v = row.get(k)
-        return sign * float(v) if v is not None and not math.isnan(float(v)) else math.inf
-
-    return (value("afd", -1.0), value("kid")) if select == "afd" else (value(select),)
+FRESH_SEED = NOISE_SEED + 1  # the noise best.pt is scored on again at the end: no selection has seen it
 
 
 class Evaluator:
@@ -76,7 +70,8 @@ class Evaluator:
             else:
                 print(f"train: best.pt is chosen by {self.select} (train.select={t.select} cannot be measured here)")
         self.log = RunLog(self.run_dir / "metrics.csv", step, fields=METRIC_FIELDS) if self.active else None
-        self.best = self._stored_best()
+        self.selection = Selection.resume(self.select, t.eval_images, self._stored_best())
+        self.last_row: Optional[Dict] = None  # the latest point's numbers (TensorBoard's events read them)
 
     @classmethod
     def for_run(cls, trainer) -> Optional["Evaluator"]:
@@ -92,15 +87,21 @@ class Evaluator:
         evaluator = cls(trainer.cfg, data_dir, trainer.run_dir, trainer.device, trainer.step, **options)
         return evaluator if evaluator.active else None
 
-    def run(self, step: int, gan, bar) -> Dict:
-        """The loop's hook: score ``gan``'s sampling generator (:class:`~kaggle_gan.training.step.GANStep`) in eval mode,
-        and write its line above the progress bar."""
+    def run(self, step: int, gan, bar, final: bool = False) -> float:
+        """The loop's hook: score ``gan``'s sampling generator (:class:`~kaggle_gan.training.step.GANStep`) in eval
+        mode and write its line above the progress bar; at the ``final`` step also :meth:`confirm` best.pt.
+        Returns the seconds it took (not training time)."""
         from ..nets.layers import evaluating
 
+        started = time.perf_counter()
         with evaluating(gan.sampler(), gan.D) as (G, D):
             row = self(step, G, D)
         bar.write(describe(row))
-        return row
+        if final:
+            line = self.confirm()
+            if line:
+                bar.write(line)
+        return time.perf_counter() - started
 
     @property
     def active(self) -> bool:
@@ -113,58 +114,88 @@ class Evaluator:
         self.ref = fid.reference_stats(self.prepared.images, self.prepared.meta["images_sha256"], self.model,
                                        cache, self.cfg.train.eval_ref)
 
-    def _stored_best(self) -> tuple:
-        """The key of the point in ``best.pt`` (written before a resume too), or +inf when there is none."""
+    def _stored_best(self) -> Optional[Dict]:
+        """The state in ``best.pt`` (written before a resume too), or None when there is none that loads."""
         from .checkpoint import GENERATOR_FORMAT, load_file
 
         path = self.run_dir / BEST
         if path.is_file():
             try:
-                return selection_key(load_file(path, formats=(GENERATOR_FORMAT,))["metrics"], self.select)
-            except (ValueError, KeyError):
+                return load_file(path, formats=(GENERATOR_FORMAT,))
+            except ValueError:
                 print(f"train: {path} is damaged or foreign; the next evaluation replaces it")
-        return (math.inf, math.inf)
+        return None
+
+    def chooser(self) -> Dict:
+        """What chose best.pt: the metric, and the detector or the feature network that measured it."""
+        if self.select == "afd":
+            return {"metric": "afd", "by": self.detector.describe()}
+        return {"metric": self.select, "by": {"name": self.model.label, "weights": self.model.weights.describe()}}
 
     @torch.no_grad()
-    def draw(self, G: torch.nn.Module) -> np.ndarray:
-        """(eval_images, size, size, 3) uint8 from ``G`` and the fixed evaluation noise."""
+    def draw(self, G: torch.nn.Module, seed: int = NOISE_SEED) -> np.ndarray:
+        """(eval_images, size, size, 3) uint8 from ``G`` and the noise of ``seed`` (the same at every call)."""
         from ..data.pictures import to_uint8
 
         n, z_dim = self.cfg.train.eval_images, self.cfg.model.z_dim
-        z = torch.randn(n, z_dim, generator=torch.Generator().manual_seed(NOISE_SEED))
+        z = torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed))
         batches = [to_uint8(G(z[a:a + 250].to(self.device)), self.size) for a in range(0, n, 250)]
         return np.concatenate(batches)
 
-    def __call__(self, step: int, G: torch.nn.Module, D: Optional[torch.nn.Module] = None) -> Dict:
-        """Score ``G`` (the EMA generator, in eval mode) at ``step``: a metrics row, best.pt if it is the best
-        (with the critic ``D`` of the same step, which ``generate --select critic`` ranks by)."""
+    def measure(self, G: torch.nn.Module, seed: int = NOISE_SEED) -> Dict:
+        """Every number this evaluation can measure of ``G`` (in eval mode) on the noise of ``seed``."""
         from ..scoring import afd, fid, metrics
-        from .checkpoint import save_generator
 
-        started = time.perf_counter()
-        images = self.draw(G)
-        row: Dict = {"step": step, "kimg": round(step * self.cfg.train.batch_size / 1000, 3)}
+        images = self.draw(G, seed)
+        row: Dict = {}
         if self.detector is not None:
             row["afd"] = afd.detection_rate(images, self.detector, progress=False).rate
         if self.model is not None:
             feats = fid.activations(images, self.model, desc="evaluate", progress=False)
             row["fid"] = fid.frechet_distance_to_features(feats, self.ref.mu, self.ref.sigma)
+            if self.select == "fid":  # the selection rule's spread (30 half-sample FIDs: seconds)
+                row["fid_sd"] = fid.half_sample_sd(feats, self.ref.mu, self.ref.sigma)
             if self.ref.real is not None:  # a reference of more than 5 images
                 row["kid"], row["kid_sd"] = metrics.kid(feats, self.ref.real)
                 pr = metrics.precision_recall_density_coverage(feats, self.ref.real)
                 row.update(precision=pr["precision"], recall=pr["recall"])
-        key = selection_key(row, self.select)
-        row["best"] = key < self.best
+        return row
+
+    def __call__(self, step: int, G: torch.nn.Module, D: Optional[torch.nn.Module] = None) -> Dict:
+        """Score ``G`` (the EMA generator, in eval mode) at ``step``: a metrics row, and best.pt if the selection
+        rule picks it (with the critic ``D`` of the same step, which ``generate --select critic`` ranks by)."""
+        from .checkpoint import save_generator
+
+        started = time.perf_counter()
+        row: Dict = {"step": step, "kimg": round(step * self.cfg.train.batch_size / 1000, 3), **self.measure(G)}
+        row["best"] = self.selection.consider(row)
         if row["best"]:
-            self.best = key
             save_generator(G.state_dict(), self.cfg.to_dict(), step, self.run_dir / BEST,
                            extra={"metrics": {k: v for k, v in row.items() if k != "best"}, "select": self.select,
+                                  "selection": self.selection.state(), "chosen_by": self.chooser(),
                                   **({"D": D.state_dict()} if D is not None else {})})
         row["eval_s"] = round(time.perf_counter() - started, 2)
         self.log.append(row)
+        self.last_row = row
         plot_quality(self.run_dir / "metrics.csv", self.run_dir / "quality.png",
                      self.model.label if self.model is not None else "")
         return row
+
+    def confirm(self) -> Optional[str]:
+        """Score best.pt's generator again on fresh noise (``FRESH_SEED``), store the figures in it as
+        ``metrics_fresh``, and say in one line which point was chosen, by what, and both figures."""
+        from ..nets.models import build_models
+        from .checkpoint import add_to_generator
+
+        state = self._stored_best()
+        if state is None:
+            return None
+        G, _ = build_models(self.cfg.model)
+        G.load_state_dict(state["G"])
+        fresh = self.measure(G.to(self.device).eval(), FRESH_SEED)
+        add_to_generator(self.run_dir / BEST, {"metrics_fresh": fresh})
+        return describe_best({**state, "metrics_fresh": fresh}, self.cfg.train.eval_images)
+
 
 def describe(row: Dict) -> str:
     """One line for the progress bar's log: the point's numbers, and whether it is the best so far."""
@@ -172,7 +203,27 @@ def describe(row: Dict) -> str:
     parts += [f"AFD {row['afd']:.3f}"] if "afd" in row else []
     parts += [f"KID x1000 {row['kid'] * 1000:.3g}", f"FID {row['fid']:.4g}",
               f"precision {row['precision']:.2f}", f"recall {row['recall']:.2f}"] if "kid" in row else []
-    return "eval: " + ", ".join(parts) + (" (best so far: best.pt)" if row["best"] else "") + f" [{row['eval_s']:.1f} s]"
+    return "eval: " + ", ".join(parts) + (" (best.pt)" if row["best"] else "") + f" [{row['eval_s']:.1f} s]"
+
+
+def describe_best(state: Dict, images: int) -> str:
+    """best.pt in one line: its step, what chose it, its figure on the evaluation's noise and on fresh noise."""
+    metric = state.get("select", "afd")
+    chosen = state.get("chosen_by") or {}
+    by = (chosen.get("by") or {}).get("name", "")
+    picked, fresh = value((state.get("metrics") or {}), metric), value((state.get("metrics_fresh") or {}), metric)
+
+    def fmt(v: Optional[float], row: Dict) -> str:
+        if v is None:
+            return "not measured"
+        scale = 1000 if metric == "kid" else 1
+        return f"{v * scale:.4g} +- {spread(row, metric, images) * scale:.2g}"
+
+    line = (f"best.pt: step {state['step']}, chosen by {'KID x1000' if metric == 'kid' else metric.upper()}"
+            + (f" ({by})" if by else "") + f": {fmt(picked, state.get('metrics') or {})} on the evaluation's noise")
+    if "metrics_fresh" in state:
+        line += f", {fmt(fresh, state['metrics_fresh'])} on fresh noise (no selection has seen it)"
+    return line
 
 
 def plot_quality(metrics_csv: Path, out_png: Path, features: str = "") -> Optional[Path]:

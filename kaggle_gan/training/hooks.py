@@ -7,6 +7,7 @@ from typing import Callable, List, Optional
 
 from . import distributed
 from .evaluate import Evaluator
+from .events import Events
 from .losses import DIAGNOSTICS
 from .runlog import LossWindow, RunLog, check_finite, plot_losses
 
@@ -21,10 +22,12 @@ class Hook:
 
 
 def periodic_hooks(trainer: "Trainer", log: Optional[RunLog], window: LossWindow, bar) -> List[Hook]:  # noqa: F821
-    """The periodic work after a step, in order: log row, sample grid, checkpoint (every epoch, every
-    ``train.ckpt_minutes`` and at the end; the loss plot with the epoch's)."""
+    """The periodic work after a step, in order: log row, sample grid, evaluation, checkpoint (every epoch,
+    every ``train.ckpt_minutes`` and at the end; the loss plot with the epoch's); each also written as
+    TensorBoard events when tensorboard is installed (:mod:`kaggle_gan.training.events`)."""
     t = trainer.cfg.train
     last_checkpoint = [time.monotonic()]
+    events = Events(trainer.run_dir, trainer.step, t.tensorboard and trainer.world.is_main)
 
     def log_row(_end: bool) -> None:
         means, seconds, steps = window.take(trainer.step)
@@ -36,6 +39,11 @@ def periodic_hooks(trainer: "Trainer", log: Optional[RunLog], window: LossWindow
             log.write(trainer.step, trainer.step / trainer.steps_per_epoch, trainer.step * t.batch_size / 1000,
                       trainer.elapsed, rate, means)
         bar.set_postfix({k: f"{v:.3f}" for k, v in means.items() if k not in DIAGNOSTICS} | {"img/s": f"{rate:.0f}"})
+        events.log_row(trainer.step, means, rate)
+
+    def evaluate(_end: bool) -> None:
+        window.exclude(evaluator.run(trainer.step, trainer.gan, bar, final=final()))
+        events.evaluation(trainer.step, evaluator.last_row)
 
     evaluator = Evaluator.for_run(trainer)  # may compute reference statistics: not training time
     window.restart(trainer.step)
@@ -50,9 +58,10 @@ def periodic_hooks(trainer: "Trainer", log: Optional[RunLog], window: LossWindow
     return [
         Hook("log", lambda end: trainer.step % t.log_every == 0 or end or final(), log_row),
         Hook("samples", lambda end: bool(t.sample_every and trainer.step % t.sample_every == 0) or end,
-             lambda end: trainer.sample_grid()),
+             lambda end: events.picture(trainer.step, trainer.sample_grid())),
         Hook("evaluate", lambda end: evaluator is not None and (trainer.step % evaluator.every == 0 or final()),
-             lambda end: window.exclude(evaluator.run(trainer.step, trainer.gan, bar)["eval_s"])),
+             evaluate),
         Hook("checkpoint", lambda end: end or final() or time.monotonic() - last_checkpoint[0] > t.ckpt_minutes * 60,
              checkpoint),
+        Hook("events", lambda end: final(), lambda end: events.close()),
     ]

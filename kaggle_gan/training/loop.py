@@ -196,10 +196,19 @@ class Trainer:
             log.close()
             self.sample_grid(name="final")
             plot_losses(self.run_dir / "log.csv", self.run_dir / "loss.png")
-            save_generator(self.gan.sampler().state_dict(), self.cfg.to_dict(), self.step, out)
+            save_generator(self.gan.sampler().state_dict(), self.cfg.to_dict(), self.step, out,
+                           extra=self.condition_info())
             print(f"train: finished {self.step} steps; generator at {out}")
         distributed.barrier(self.world)  # the other ranks return once generator.pt exists
         return out
+
+    def condition_info(self) -> Dict:
+        """What a conditional run's generator files carry for ``generate --condition``: the data's class (or
+        object) names, and whether a condition is one class or a set of them."""
+        if not self.data.classes:
+            return {}
+        return {"class_names": list(getattr(self.data, "names", [])),
+                "condition": "set" if self.data.multi_label else "class"}
 
     @torch.no_grad()
     def sample_grid(self, name: Optional[str] = None) -> Path:
