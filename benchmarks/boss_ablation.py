@@ -124,7 +124,7 @@ def summarise(out: Path) -> "pd.DataFrame":  # noqa: F821
     import pandas as pd
 
     from kaggle_gan.core.io import atomic_path
-    from kaggle_gan.experiments.race import afd_se, plus_minus
+    from kaggle_gan.experiments.race_tables import afd_se, plus_minus
 
     rows = []
     for name in VARIANTS:

@@ -83,13 +83,26 @@ def _neighbours(a):
 
 def _race(a):
     from .config import parse_set
-    from .experiments.race import race
 
-    race(Path(a.data or Path(a.work) / "data"), Path(a.out or Path(a.work) / "race"),
-         overrides=parse_set(a.set), fid_cache=Path(a.work) / "cache" / "fid",
-         presets=[p for p in a.presets.split(",") if p], kimg=a.kimg, points=a.points, resolution=a.resolution,
-         width=a.width, batch_size=a.batch_size, seed=a.seed, count=a.count, fid_count=a.fid_count,
-         ref_count=a.ref_count, inception_weights=a.inception_weights, detector=a.detector, device=a.device)
+    common = dict(overrides=parse_set(a.set), fid_cache=Path(a.work) / "cache" / "fid",
+                  presets=[p for p in a.presets.split(",") if p], resolution=a.resolution, width=a.width,
+                  batch_size=a.batch_size, count=a.count, fid_count=a.fid_count, ref_count=a.ref_count,
+                  inception_weights=a.inception_weights, detector=a.detector, device=a.device)
+    data = Path(a.data or Path(a.work) / "data")
+    seeds = list(range(a.seed, a.seed + a.seeds))
+    if a.minutes:
+        from .experiments.race_time import race_minutes
+
+        race_minutes(data, Path(a.out or Path(a.work) / "race-minutes"), minutes=a.minutes, seeds=seeds,
+                     points=a.points, **common)
+        return
+    from .experiments.race import race, race_over_seeds
+
+    out = Path(a.out or Path(a.work) / "race")
+    if len(seeds) == 1:
+        race(data, out, kimg=a.kimg, points=a.points, seed=a.seed, **common)
+    else:
+        race_over_seeds(data, out, seeds, kimg=a.kimg, points=a.points, **common)
 
 
 def _toy(a):
@@ -266,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rows", type=int, default=16, help="queries on the sheet, most similar first (default: %(default)s)")
     s.add_argument("--device", default="auto")
 
-    s = command("race", _race, "every preset on the same data and image budget, scored along the way")
+    s = command("race", _race, "every preset on the same data and image (or minutes) budget, scored along the way")
     s.add_argument("--data", help="prepared data folder (default: WORK/data)")
     s.add_argument("--out", help="race folder (default: WORK/race)")
     s.add_argument("--presets", default="baseline,medium,wgan,strong,boss", help="comma-separated (default: %(default)s)")
@@ -276,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--width", type=int, default=race_defaults.width, help="g_width and d_width (default: %(default)s)")
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--seed", type=int, default=2022)
+    s.add_argument("--seeds", type=int, default=1, help="race at seeds SEED, SEED+1, ...: the median and spread over "
+                   "them, one run after another (default: %(default)s)")
+    s.add_argument("--minutes", type=float, default=0.0, help="race at equal minutes of training instead of equal "
+                   "images: each preset and seed trains this long (default: 0, off)")
     s.add_argument("--count", type=int, default=race_defaults.count, help="images generated at each point (default: %(default)s)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override for every preset, for ablations, e.g. --set train.augment= (repeatable)")

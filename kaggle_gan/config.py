@@ -27,12 +27,14 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    name: str = "bce"  # bce | wgan | wgan-gp | hinge
+    name: str = "bce"  # bce | wgan | wgan-gp | hinge | rpgan (relativistic pairing, R3GAN)
     n_critic: int = 1  # critic steps per generator step
     clip: float = 0.01  # wgan only
     gp_lambda: float = 10.0  # wgan-gp only
     r1_gamma: float = 0.0  # R1 penalty gamma/2 * E||grad D(real)||^2 added to any critic loss; 0 = off
     aux_weight: float = 0.0  # conditional runs: weight of an auxiliary classifier's cross-entropy (AC-GAN); 0 = off
+    gamma: float = 0.0  # rpgan: R1 on real and R2 on fake, gamma/2 * E||grad D||^2 each (R3GAN)
+    gamma_final: float = 0.0  # gamma at the end of the run, reached by a cosine over its planned length; 0 = constant
 
 
 @dataclass(frozen=True)
@@ -42,15 +44,23 @@ class OptimConfig:
     lr_d: float = 1e-4
     beta1: float = 0.5
     beta2: float = 0.999
+    # schedules over the run's planned length (train.epochs, train.max_steps or train.minutes), cosine:
+    lr_final: float = 1.0  # both learning rates at the end, as a share of their start; 1 = constant
+    beta2_final: float = 0.0  # Adam's beta2 at the end; 0 = constant (R3GAN: 0.9 -> 0.99)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 1
     max_steps: int = 0  # critic steps (batches); 0 = epochs * batches per epoch
+    # a time budget: stop cleanly after this many minutes of training (evaluation not counted), the schedules
+    # fitted to the steps it allows at the measured speed; 0 = none. With epochs/max_steps, the first reached ends
+    minutes: float = 0.0
     batch_size: int = 64
     seed: int = 2022
     ema_decay: float = 0.999  # EMA generator used for sampling; 0 disables averaging
+    # > 0: the EMA's half-life in thousand images instead of ema_decay, ramped up over the first tenth of the run
+    ema_halflife_kimg: float = 0.0
     amp: str = "auto"  # auto (bf16 or fp16 on CUDA, off on CPU) | off | bf16 | fp16
     compile: bool = False  # torch.compile, falling back to eager when unavailable
     fast: bool = True  # channels_last, foreach optimisers, no per-step host sync
@@ -67,6 +77,7 @@ class TrainConfig:
     # drawn from the EMA generator, scored (AFD; KID, FID, precision/recall with eval_features), best.pt kept by
     # `select`; eval_features auto = Inception on a GPU, none on a CPU (about 2 min per 1000 images on 2 cores)
     eval_every: float = 0.0
+    eval_minutes: float = 0.0  # > 0: evaluate every this many minutes of training instead (a race at equal minutes)
     eval_images: int = 1000
     eval_features: str = "auto"  # auto | inception | none
     eval_ref: int = 10_000  # reference images for KID/FID: score's default, so the two share one cache
@@ -121,7 +132,7 @@ CHOICES = {
     "model.resolution": (32, 64, 96, 128),
     "model.d_norm": ("batch", "instance", "layer", "none"),
     "model.cond_input": ("embed", "onehot", "none"),
-    "loss.name": ("bce", "wgan", "wgan-gp", "hinge"),
+    "loss.name": ("bce", "wgan", "wgan-gp", "hinge", "rpgan"),
     "optim.name": ("adam", "rmsprop"),
     "train.eval_features": ("auto", "inception", "none"),
     "train.select": ("afd", "kid", "fid"),
@@ -129,8 +140,10 @@ CHOICES = {
 }
 POSITIVE = {"model.z_dim", "model.g_width", "model.d_width", "loss.n_critic", "optim.lr_g", "optim.lr_d",
             "train.epochs", "train.batch_size", "train.log_every"}
-NON_NEGATIVE = {"model.classes", "loss.aux_weight", "loss.clip", "loss.gp_lambda", "loss.r1_gamma", "train.max_steps", "train.sample_every", "train.ckpt_minutes", "train.eval_every",
-                "optim.beta1", "optim.beta2", "train.ema_decay", "train.seed"}
+NON_NEGATIVE = {"model.classes", "loss.aux_weight", "loss.clip", "loss.gp_lambda", "loss.r1_gamma", "train.max_steps",
+                "train.sample_every", "train.ckpt_minutes", "train.eval_every", "optim.beta1", "optim.beta2",
+                "train.ema_decay", "train.seed", "loss.gamma", "loss.gamma_final", "optim.lr_final",
+                "optim.beta2_final", "train.minutes", "train.ema_halflife_kimg", "train.eval_minutes"}
 
 
 def _field_type(group: str, key: str) -> type:
@@ -190,8 +203,10 @@ def validate(cfg: Config) -> None:
     for key in NON_NEGATIVE:
         if flat[key] < 0:
             raise UserError(f"{key} must not be negative, got {flat[key]!r}")
-    if flat["train.ema_decay"] >= 1 or flat["optim.beta1"] >= 1 or flat["optim.beta2"] >= 1:
-        raise UserError("train.ema_decay, optim.beta1 and optim.beta2 must be below 1")
+    if flat["train.ema_decay"] >= 1 or flat["optim.beta1"] >= 1 or flat["optim.beta2"] >= 1 or flat["optim.beta2_final"] >= 1:
+        raise UserError("train.ema_decay, optim.beta1, optim.beta2 and optim.beta2_final must be below 1")
+    if cfg.loss.name == "rpgan" and cfg.model.d_norm == "batch":
+        raise UserError("loss.name=rpgan penalises each image's gradient: set model.d_norm=none (or instance/layer)")
     if cfg.loss.name == "wgan-gp" and cfg.model.d_norm == "batch":
         raise UserError("loss.name=wgan-gp needs a critic without batch norm: set model.d_norm=instance (or layer/none)")
     if cfg.loss.r1_gamma > 0 and cfg.model.d_norm == "batch":
@@ -205,7 +220,7 @@ def validate(cfg: Config) -> None:
         raise UserError("model.classes=1 is one class: set model.classes=0 for an unconditional run")
     if cfg.loss.aux_weight > 0 and not cfg.model.classes:
         raise UserError("loss.aux_weight needs labels: set model.classes (a conditional run) or loss.aux_weight=0")
-    if cfg.train.eval_every and cfg.train.eval_images < 8:  # precision/recall: 3rd neighbours among them, KID: halves
+    if (cfg.train.eval_every or cfg.train.eval_minutes) and cfg.train.eval_images < 8:  # precision/recall: 3rd neighbours among them, KID: halves
         raise UserError(f"train.eval_images={cfg.train.eval_images}: an evaluation needs at least 8 images")
     if cfg.train.augment and cfg.model.arch == "mlp":
         raise UserError("train.augment transforms images; set train.augment= for model.arch=mlp")
@@ -290,6 +305,25 @@ PRESETS: Dict[str, Preset] = {p.name: p for p in (
         ("train.augment", "translation", "DiffAugment (Zhao 2020): the critic sees shifted real and fake alike; "
                                          "adding colour and cutout slowed the race sweep's faces (README)"),
         ("train.epochs", 40, "2.8M images of 71k faces: about 50 min at the 937 img/s measured on an H100 (README)"),
+    )),
+    Preset("boss-dcgan", "boss", "boss on the DCGAN layout: the same loss, critic bound and augmentation, an eighth "
+           "of the arithmetic", (
+        ("model.arch", "dcgan", "the CPU ablation: AFD 0.636 at 128k images in 2.6 min against boss's 0.556-0.731 in "
+                                "about 22 (docs/boss-and-race.md)"),
+    )),
+    Preset("r3gan", "strong", "R3GAN's recipe (Huang et al. 2024) on the DCGAN layout: a relativistic loss whose critic "
+           "cannot go flat, R1 and R2, schedules over the run's length", (
+        ("loss.name", "rpgan", "relativistic pairing: each real image is scored against a fake, so the critic is judged "
+                               "by a gap and never sits at a flat fixed point"),
+        ("loss.n_critic", 1, "the penalties keep the critic smooth without extra critic steps"),
+        ("loss.gamma", 1.0, "R1 on real and R2 on fake, gamma/2 each; 1 at 32-64 px and batch 64 (race sweep)"),
+        ("loss.gamma_final", 0.1, "decayed tenfold by a cosine over the run, as R3GAN does"),
+        ("model.d_norm", "none", "no normalisation layers in the critic: the penalties bound it"),
+        ("optim.lr_final", 0.25, "both learning rates decay by a cosine to a quarter over the run (R3GAN)"),
+        ("optim.beta2_final", 0.99, "Adam's beta2 from 0.9 to 0.99 over the run (R3GAN)"),
+        ("train.ema_halflife_kimg", 10.0, "an EMA half-life of 10k images, ramped up over the first tenth of the run"),
+        ("train.augment", "translation", "light augmentation: DiffAugment's shifts, as boss"),
+        ("train.epochs", 40, "as boss: 2.8M images of 71k faces"),
     )),
     Preset("smoke", "baseline", "a tiny end-to-end check, minutes on a CPU", (
         ("model.g_width", 16, "a quarter of the sample's width: fast on CPU"),

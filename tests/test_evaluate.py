@@ -161,15 +161,15 @@ def test_tensorboard_events_hold_the_logs_numbers_the_evaluation_and_the_grids(p
     run = tmp_path / "run"
     train(tiny("baseline", train__max_steps=6, train__sample_every=2, **EVAL), prepared, run, device="cpu",
           progress=False, evaluation={"detector": Scripted([0.25, 0.75, 0.5])})
-    events = EventAccumulator(str(run), size_guidance={"images": 0, "scalars": 0})
-    events.Reload()
+    acc = EventAccumulator(str(run), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
     log = pd.read_csv(run / "log.csv")
-    got = events.Scalars("loss/d_loss")
+    got = acc.Scalars("loss/d_loss")
     assert [e.step for e in got] == list(log.step)
     assert np.allclose([e.value for e in got], log.d_loss, rtol=1e-5)  # log.csv keeps 6 significant digits
-    assert [e.step for e in events.Scalars("diagnostics/d_gap")] == list(log.step)
-    assert [(e.step, e.value) for e in events.Scalars("eval/afd")] == [(2, 0.25), (4, 0.75), (6, 0.5)]
-    assert [e.step for e in events.Images("samples")] == [2, 4, 6]
+    assert [e.step for e in acc.Scalars("diagnostics/d_gap")] == list(log.step)
+    assert [(e.step, e.value) for e in acc.Scalars("eval/afd")] == [(2, 0.25), (4, 0.75), (6, 0.5)]
+    assert [e.step for e in acc.Images("samples")] == [2, 4, 6]
 
 
 def test_without_tensorboard_one_line_says_so_and_nothing_is_written(prepared, tmp_path, capsys, monkeypatch):

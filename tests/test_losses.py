@@ -109,3 +109,29 @@ def test_critic_diagnostics_of_known_scores():
     assert flat["d_real_sd"].item() == 0 and flat["d_sign_ok"].item() == 0.5 and flat["d_gap"].item() == 0
     one = diagnostics(torch.tensor([1.0]), torch.tensor([-1.0]))  # one example per rank under torchrun
     assert one["d_real_sd"].item() == 0
+
+
+def test_the_relativistic_loss_and_its_two_penalties_have_their_closed_forms():
+    """A linear critic D(x) = <w, x> + 0.3: its input gradient is w at every image, so R1 = R2 = ||w||^2."""
+    from kaggle_gan.training.losses import RelativisticLoss
+
+    torch.manual_seed(0)
+    w = torch.randn(3, 4, 4)
+    D = Linear(w)
+    real, fake = torch.randn(5, 3, 4, 4), torch.randn(5, 3, 4, 4)
+    r, f = D(real), D(fake)
+    for joint in (False, True):
+        loss, stats = RelativisticLoss(gamma=2.0).critic_loss(D, real, fake, StepContext(joint=joint))
+        want = F.softplus(-(r - f)).mean() + 2.0 / 2 * 2 * w.pow(2).sum()
+        assert torch.allclose(loss, want, rtol=1e-5) and torch.allclose(stats["r1"], w.pow(2).sum(), rtol=1e-5)
+        assert torch.allclose(stats["r2"], stats["r1"]) and torch.allclose(stats["gap"], (r - f).mean())
+    g = RelativisticLoss(gamma=2.0).generator_loss(D, fake, StepContext(), real)
+    assert torch.allclose(g, F.softplus(-(f - r)).mean(), rtol=1e-6)
+    # the generator's gradient flows through the fakes only: the real scores are constants
+    fake_leaf = fake.clone().requires_grad_(True)
+    RelativisticLoss(gamma=2.0).generator_loss(D, fake_leaf, StepContext(), real).backward()
+    sig = torch.sigmoid(-(f - r)).detach()
+    assert torch.allclose(fake_leaf.grad, (-sig / len(f))[:, None, None, None] * w, rtol=1e-5)
+    with pytest.raises(ValueError, match="pass real"):
+        RelativisticLoss(1.0).generator_loss(D, fake, StepContext())
+    assert type(build_loss(LossConfig(name="rpgan", gamma=3.0))).__name__ == "RelativisticLoss"

@@ -129,3 +129,33 @@ def test_race_seeds_tabulates_every_seed_and_refuses_races_that_do_not_compare(t
                      (_race_folder(tmp_path / "f", 1, {"boss": 0.5}), "more than one folder")]:
         run = subprocess.run(script + [a, bad], capture_output=True, text=True)
         assert run.returncode != 0 and why in run.stderr
+
+
+@needs_cascade
+def test_the_race_at_equal_minutes_gives_every_seed_the_same_budget_and_a_median(prepared, tmp_path, capsys):
+    from kaggle_gan.experiments.race_time import race_minutes
+
+    work = tmp_path / "minutes"
+    table = race_minutes(prepared, work, presets=["baseline", "r3gan"], minutes=0.05, seeds=[1, 2], resolution=32,
+                         width=8, batch_size=16, points=2, count=8, fid_count=8, ref_count=8,
+                         inception_weights="random:0", detector=str(CASCADE), device="cpu", progress=False)
+    assert list(zip(table.preset, table.seed)) == [("baseline", 1), ("baseline", 2), ("r3gan", 1), ("r3gan", 2)]
+    # each run trained its 3 seconds (a last step may overrun a little) and stopped by time, not by steps
+    assert ((table.train_min * 60 >= 3.0) & (table.train_min * 60 < 6.0)).all() and (table.steps < 10**6).all()
+    curve = pd.read_csv(work / "curve.csv")
+    assert set(curve.groupby(["preset", "seed"]).size()) <= {2, 3}  # a point every half of the budget, the end
+    assert curve.minutes.max() <= 0.1 and (work / "minutes.png").stat().st_size > 0
+    out = capsys.readouterr().out
+    assert "AFD median [min-max]" in out and "one run at a time" in out
+    summary = out[out.index("AFD median"):]
+    base = table[table.preset == "baseline"].afd
+    assert f"{base.median():.3f} [{base.min():.3f}-{base.max():.3f}]" in summary
+    # a second race in the folder reuses every finished run: no step trained again
+    again = race_minutes(prepared, work, presets=["baseline", "r3gan"], minutes=0.05, seeds=[1, 2], resolution=32,
+                         width=8, batch_size=16, points=2, count=8, fid_count=8, ref_count=8,
+                         inception_weights="random:0", detector=str(CASCADE), device="cpu", progress=False)
+    assert list(again.steps) == list(table.steps) and list(again.afd) == list(table.afd)
+    with pytest.raises(UserError, match="holds a race at equal minutes with minutes=0.05"):
+        race_minutes(prepared, work, presets=["baseline"], minutes=1.0, seeds=[1], resolution=32, width=8,
+                     batch_size=16, points=2, count=8, fid_count=8, ref_count=8, inception_weights="random:0",
+                     detector=str(CASCADE), device="cpu", progress=False)

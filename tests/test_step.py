@@ -63,7 +63,7 @@ def test_the_generator_step_shows_the_critic_augmented_fakes_when_augmenting(aug
     seen = {}
     step.G.register_forward_hook(lambda m, i, out: seen.__setitem__("fake", out.detach().clone()))
     step.D.register_forward_pre_hook(lambda m, args: seen.__setitem__("critic_input", args[0].detach().clone()))
-    step.generator_step(None)
+    step.generator_step(None, None)
     fake, shown = seen["fake"], seen["critic_input"]
     assert fake.shape == shown.shape
     if augment:  # translation shifts each image and fills the gap with zeros
@@ -101,3 +101,49 @@ def test_one_critic_pass_scores_as_two_where_nothing_couples_the_batch():
     joint = _scores(step.D, real, fake, StepContext(joint=True))
     two = _scores(step.D, real, fake, StepContext())
     torch.testing.assert_close(joint, two, rtol=1e-5, atol=1e-6)
+
+
+def test_schedules_run_from_their_start_to_their_end_value_over_the_plan():
+    from kaggle_gan.training.schedule import Plan, Schedules, cosine
+
+    assert cosine(2.0, 0.2, 0) == 2.0 and cosine(2.0, 0.2, 1) == pytest.approx(0.2) and cosine(2.0, 0.2, 0.5) == 1.1
+    cfg = resolve("boss", {**SMALL, "optim.lr_final": 0.25, "optim.beta2_final": 0.99, "loss.name": "rpgan",
+                           "loss.gamma": 2.0, "loss.gamma_final": 0.2, "train.ema_halflife_kimg": 10.0})
+    s = Schedules(cfg)
+    start, end = s.values(0.0), s.values(1.0)
+    assert (start["lr_g"], start["lr_d"], start["beta2"], start["gamma"]) == (2e-4, 4e-4, 0.9, 2.0)
+    assert end["lr_g"] == pytest.approx(5e-5) and end["lr_d"] == pytest.approx(1e-4)
+    assert end["beta2"] == pytest.approx(0.99) and end["gamma"] == pytest.approx(0.2)
+    # the EMA's half-life: 0 at the start, 10k images after a tenth of the run: decay 0.5 per 10k images
+    per_step = cfg.train.batch_size * cfg.loss.n_critic
+    assert start["ema_decay"] == 0.0 and end["ema_decay"] == pytest.approx(0.5 ** (per_step / 10_000))
+    assert not Schedules(resolve("boss", SMALL)).active  # today's presets: nothing scheduled, nothing touched
+    plan = Plan(cap=1000, minutes=1.0)  # 60 s at 10 steps/s: 600 steps
+    plan.measured(step=50, steps=50, seconds=5.0, elapsed=5.0)
+    assert plan.steps == 600 and plan.progress(0) == 0 and plan.progress(599) == 1
+    assert not plan.out_of_time(59.9) and plan.out_of_time(60)
+    plan.measured(step=100, steps=50, seconds=45.0, elapsed=50.0)  # slower: 100 steps in 50 s, 10 s left
+    assert plan.steps == 120
+    assert Plan(cap=100, minutes=10.0, planned=400).steps == 100  # never beyond the cap
+
+
+@pytest.mark.parametrize("budget", ["epochs", "minutes"])
+def test_a_shortened_run_ends_with_its_learning_rate_annealed(prepared, tmp_path, budget):
+    """train.epochs=1 (or a 3-second train.minutes) still reaches lr_final at its last step, not half-way."""
+    from test_train import tiny
+
+    from kaggle_gan.training.loop import Trainer
+
+    short = {"train__epochs": 1} if budget == "epochs" else {"train__minutes": 0.05, "train__max_steps": 10_000}
+    cfg = tiny("strong", optim__lr_final=0.1, train__log_every=1, **short)
+    trainer = Trainer(cfg, prepared, tmp_path / budget, device="cpu", progress=False)
+    seen = []
+    original = trainer.gan.critic_step
+    trainer.gan.critic_step = lambda *a: (seen.append(trainer.gan.opt_D.param_groups[0]["lr"]), original(*a))[1]
+    trainer.run()
+    assert seen[0] == pytest.approx(2e-4) and len(seen) == trainer.step
+    if budget == "epochs":  # 96 images, batch 16: 6 steps, the last one at exactly lr_final
+        assert trainer.step == 6 and seen[-1] == pytest.approx(2e-4 * 0.1)
+    else:  # the plan is the time left at the measured speed: the last step lands near its end, never far off
+        assert 2.9 <= trainer.elapsed <= 6 and trainer.step < 10_000
+        assert trainer.plan.progress(trainer.step - 1) >= 0.9 and seen[-1] <= 2e-4 * 0.1 * 1.3

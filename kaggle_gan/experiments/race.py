@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
 from ..config import RACE, Config, resolve
-from ..core.io import UserError, atomic_path, read_json, save_figure, write_json
+from ..core.io import UserError, atomic_path, read_json, write_json
+from .race_tables import final_table, plot_race, plus_minus
 
 PRESETS = ("baseline", "medium", "wgan", "strong", "boss")
 # the default scale lives in config.RACE, where the command line reads it without importing this module
@@ -147,11 +148,12 @@ def race(
         raced[key] = e.preset
         run = work / "runs" / e.preset
         for point, steps in enumerate(marks, 1):
-            cfg = resolve(e.preset, {**e.cfg.flat(), "train.max_steps": steps})
+            # the whole budget is the run's plan (a preset's schedules anneal over it); this segment stops at steps
+            cfg = resolve(e.preset, {**e.cfg.flat(), "train.max_steps": total_steps})
             t0 = time.perf_counter()
             snapshot = run / f"generator-{steps:07d}.pt"  # the EMA generator at this point, kept for a re-run
             if not snapshot.is_file():
-                train(cfg, data_dir, run, device=device, progress=progress)
+                train(cfg, data_dir, run, device=device, progress=progress, until=steps)
                 with atomic_path(snapshot, suffix=".pt") as tmp:
                     shutil.copyfile(run / "generator.pt", tmp)
             scored = run / f"point-{steps:07d}.json"  # this point's scores, reused while the scoring is the same
@@ -240,11 +242,6 @@ def race_reference(prepared, model, cache: Path, ref_count: int, resolution: int
                                    view=reference_view(resolution, int(prepared.images.shape[1])))
 
 
-def afd_se(rate: float, n: int) -> float:
-    """AFD's binomial standard error over ``n`` images."""
-    return math.sqrt(rate * (1 - rate) / n)
-
-
 def reference_view(resolution: int, size: int):
     """The race's FID reference view: None, or (name, function) when the models train below the data's size.
 
@@ -280,59 +277,21 @@ def _check_settings(work: Path, settings: dict) -> None:
         write_json(path, settings)
 
 
-def plus_minus(value: float, sd: Optional[float]) -> str:
-    """``0.0763 +- 0.015``, or the value alone when there is no spread (fewer than 6 images)."""
-    return f"{value:.3g}" + (f" +- {sd:.2g}" if sd is not None and not math.isnan(sd) else "")
+def race_over_seeds(data_dir: Union[str, Path], work: Union[str, Path], seeds: Sequence[int], **kw) -> "pd.DataFrame":  # noqa: F821
+    """:func:`race` at every seed, one after another, each in ``work/seed-S``; prints each preset's median and
+    spread (min-max) over the seeds at the last point and writes them to ``work/seeds.csv``."""
+    import pandas as pd
 
+    from .race_tables import seed_summary
 
-def final_table(table: "pd.DataFrame") -> "pd.DataFrame":  # noqa: F821
-    """The last point of each preset, best AFD first: what ``make race`` prints and the README shows."""
-    import numpy as np
-
-    last = table[table.point == table.point.max()].copy()
-    label = str(last.fid_label.iloc[0]) if len(last) else "FID"
-    # each preset's best point by AFD, ties by KID: where a run with evaluation would have kept best.pt
-    ranked = table.sort_values(["afd", "kid"], ascending=[False, True], kind="stable")
-    best = ranked.drop_duplicates("preset").set_index("preset")
-    out = last.assign(
-        kimg=last.kimg.map(lambda v: f"{v:.1f}"),
-        train_min=(last.train_s / 60).map(lambda v: f"{v:.1f}"),
-        afd=[f"{p:.3f} +- {afd_se(p, n):.3f}" for p, n in zip(last.afd, last.n_images)],
-        fid=[plus_minus(v, sd) for v, sd in zip(last.fid, last.fid_sd)],
-        kid=[plus_minus(v * 1000, sd * 1000) for v, sd in zip(last.kid, last.kid_sd)],
-        pr=[f"{p:.2f} / {r:.2f}" for p, r in zip(last.precision, last.recall)],
-        best=[f"{best.kimg[p]:.1f}k: AFD {best.afd[p]:.3f}" for p in last.preset],
-        same_as=last.same_as.fillna("").replace("", "-"),
-    )[["preset", "same_as", "kimg", "steps", "g_steps", "train_min", "afd", "fid", "kid", "pr", "best"]]
-    order = last.afd.astype(float).rank(ascending=False, method="first").values
-    out = out.iloc[np.argsort(order)]
-    small = int(last.fid_small_images.iloc[0]) if len(last) else 0
-    return out.rename(columns={"fid": f"{label} (n={int(last.n_images.iloc[0])})" if len(last) else "fid",
-                               "afd": "AFD", "train_min": "train min", "same_as": "same as",
-                               "kid": f"KID x1000 (n={small})", "pr": f"precision / recall (n={small})",
-                               "best": "best point"})
-
-
-def plot_race(table: "pd.DataFrame", out_png: Path) -> Path:  # noqa: F821
-    """AFD (left) and small-sample FID (right) against thousands of images shown, one line per preset."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    label = str(table.fid_label.iloc[0]) if len(table) else "FID"
-    n_small = int(table.fid_small_images.iloc[0]) if len(table) else 0
-    for preset, rows in table.groupby("preset", sort=False):
-        twin = rows.same_as.fillna("").iloc[0]
-        style = {"linestyle": "--"} if twin else {}
-        name = f"{preset} (= {twin})" if twin else preset
-        axes[0].plot(rows.kimg, rows.afd, marker="o", label=name, **style)
-        axes[1].plot(rows.kimg, rows.fid_small, marker="o", label=name, **style)
-    axes[0].set(xlabel="thousand images shown to the critic", ylabel="AFD (higher is better)",
-                title="anime-face detection rate")
-    axes[1].set(xlabel="thousand images shown to the critic", ylabel=f"{label}, {n_small} images (lower is better)",
-                title=label + (": comparable only within this race" if "proxy" in label else ""))
-    axes[1].set_yscale("log")
-    axes[0].legend()
-    return save_figure(fig, out_png)
+    tables = []
+    for seed in seeds:
+        table = race(data_dir, Path(work) / f"seed-{seed}", seed=seed, **kw)
+        last = table[(table.point == table.point.max()) & (table.same_as.fillna("") == "")]
+        tables.append(last.assign(seed=seed))
+    final = pd.concat(tables, ignore_index=True)
+    with atomic_path(Path(work) / "seeds.csv") as tmp:
+        final.to_csv(tmp, index=False)
+    print(f"\nrace: {len(seeds)} seeds at {final.kimg.iloc[0]:.1f}k images each")
+    print(seed_summary(final).to_string(index=False))
+    return final

@@ -277,6 +277,7 @@ class MetricFeatures:
         self.weights = FeatureWeights(backbone.weights, f"{backbone.name} {json.dumps(pre, sort_keys=True)}")
         name = METRIC_NAMES.get(backbone.name, f"FD ({backbone.name})")
         self.label = f"proxy {name} (random:{self.weights.seed})" if self.weights.is_random else name
+        self.resize_policy = f"{backbone.name}: {json.dumps(pre, sort_keys=True)}"  # the network's own input
 
     def __call__(self, x: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
         return self.backbone.forward(x)

@@ -277,7 +277,7 @@ def score(
             "label": model.label,
             "proxy": model.weights.is_random,
             "key": fid_key,
-            "resize_policy": inception.RESIZE_POLICY,
+            "resize_policy": getattr(model, "resize_policy", inception.RESIZE_POLICY),
             "weights": model.weights.describe(),
             "device": str(dev),
             "reference": {

@@ -31,7 +31,7 @@ from ..config import Config
 from ..core.io import UserError, save_figure
 from .selection import Selection, spread, value
 
-METRIC_FIELDS = ["step", "kimg", "afd", "kid", "kid_sd", "fid", "fid_sd", "precision", "recall", "eval_s", "best"]
+METRIC_FIELDS = ["step", "kimg", "minutes", "afd", "kid", "kid_sd", "fid", "fid_sd", "precision", "recall", "eval_s", "best"]
 BEST = "best.pt"
 NOISE_SEED = 31_337  # the evaluation's fixed noise, apart from the run's own streams
 FRESH_SEED = NOISE_SEED + 1  # the noise best.pt is scored on again at the end: no selection has seen it
@@ -49,6 +49,8 @@ class Evaluator:
         t = cfg.train
         self.cfg, self.run_dir, self.device = cfg, Path(run_dir), device
         self.every = max(1, round(t.eval_every * 1000 / t.batch_size))  # in steps
+        self.period = t.eval_minutes * 60  # or in seconds of training
+        self.next_time = 0.0
         self.prepared = load_prepared(Path(data_dir))
         self.size = int(self.prepared.images.shape[1])
         self.detector, self.model, self.ref = None, None, None
@@ -78,16 +80,28 @@ class Evaluator:
         """A :class:`~kaggle_gan.training.loop.Trainer`'s evaluator when ``train.eval_every`` asks for one, on rank 0,
         with prepared images on disk (``trainer.evaluation`` = (options, data folder)) and something to
         measure; else None. Conditional runs are graded by their own experiment (``make cgan``), not here."""
-        if not (trainer.cfg.train.eval_every and trainer.evaluation and trainer.world.is_main):
+        t = trainer.cfg.train
+        if not ((t.eval_every or t.eval_minutes) and trainer.evaluation and trainer.world.is_main):
             return None
         if trainer.cfg.model.classes:
             print("train: train.eval_every is for unconditional images; a conditional run is not evaluated")
             return None
         options, data_dir = trainer.evaluation
         evaluator = cls(trainer.cfg, data_dir, trainer.run_dir, trainer.device, trainer.step, **options)
+        evaluator.next_time = evaluator.period * (int(trainer.elapsed // evaluator.period) + 1) if evaluator.period else 0
         return evaluator if evaluator.active else None
 
-    def run(self, step: int, gan, bar, final: bool = False) -> float:
+    def due(self, step: int, seconds: float) -> bool:
+        """Whether a point is due at ``step`` after ``seconds`` of training: every ``train.eval_minutes`` when
+        set (the next mark once passed), else every ``train.eval_every`` thousand images."""
+        if not self.period:
+            return step % self.every == 0
+        if seconds < self.next_time:
+            return False
+        self.next_time = self.period * (int(seconds // self.period) + 1)
+        return True
+
+    def run(self, step: int, gan, bar, final: bool = False, seconds: float = 0.0) -> float:
         """The loop's hook: score ``gan``'s sampling generator (:class:`~kaggle_gan.training.step.GANStep`) in eval
         mode and write its line above the progress bar; at the ``final`` step also :meth:`confirm` best.pt.
         Returns the seconds it took (not training time)."""
@@ -95,7 +109,7 @@ class Evaluator:
 
         started = time.perf_counter()
         with evaluating(gan.sampler(), gan.D) as (G, D):
-            row = self(step, G, D)
+            row = self(step, G, D, seconds)
         bar.write(describe(row))
         if final:
             line = self.confirm()
@@ -161,13 +175,14 @@ class Evaluator:
                 row.update(precision=pr["precision"], recall=pr["recall"])
         return row
 
-    def __call__(self, step: int, G: torch.nn.Module, D: Optional[torch.nn.Module] = None) -> Dict:
+    def __call__(self, step: int, G: torch.nn.Module, D: Optional[torch.nn.Module] = None, seconds: float = 0.0) -> Dict:
         """Score ``G`` (the EMA generator, in eval mode) at ``step``: a metrics row, and best.pt if the selection
         rule picks it (with the critic ``D`` of the same step, which ``generate --select critic`` ranks by)."""
         from .checkpoint import save_generator
 
         started = time.perf_counter()
-        row: Dict = {"step": step, "kimg": round(step * self.cfg.train.batch_size / 1000, 3), **self.measure(G)}
+        row: Dict = {"step": step, "kimg": round(step * self.cfg.train.batch_size / 1000, 3),
+                     "minutes": round(seconds / 60, 3), **self.measure(G)}
         row["best"] = self.selection.consider(row)
         if row["best"]:
             save_generator(G.state_dict(), self.cfg.to_dict(), step, self.run_dir / BEST,

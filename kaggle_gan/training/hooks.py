@@ -34,6 +34,9 @@ def periodic_hooks(trainer: "Trainer", log: Optional[RunLog], window: LossWindow
         means = {k: v.item() for k, v in distributed.mean_over_ranks(means, trainer.world).items()}
         check_finite(means, trainer.step)
         trainer.elapsed += seconds
+        trainer.plan.measured(trainer.step, steps, seconds, trainer.elapsed)
+        if t.minutes:
+            bar.total = trainer.plan.steps
         rate = steps * t.batch_size / max(seconds, 1e-9)
         if log:
             log.write(trainer.step, trainer.step / trainer.steps_per_epoch, trainer.step * t.batch_size / 1000,
@@ -42,8 +45,10 @@ def periodic_hooks(trainer: "Trainer", log: Optional[RunLog], window: LossWindow
         events.log_row(trainer.step, means, rate)
 
     def evaluate(_end: bool) -> None:
-        window.exclude(evaluator.run(trainer.step, trainer.gan, bar, final=final()))
+        window.exclude(evaluator.run(trainer.step, trainer.gan, bar, final=final(), seconds=trained()))
         events.evaluation(trainer.step, evaluator.last_row)
+
+    trained = lambda: trainer.elapsed + window.running()  # noqa: E731  seconds of training so far
 
     evaluator = Evaluator.for_run(trainer)  # may compute reference statistics: not training time
     window.restart(trainer.step)
@@ -54,12 +59,12 @@ def periodic_hooks(trainer: "Trainer", log: Optional[RunLog], window: LossWindow
             plot_losses(trainer.run_dir / "log.csv", trainer.run_dir / "loss.png")
         last_checkpoint[0] = time.monotonic()
 
-    final = lambda: trainer.step == trainer.total_steps  # noqa: E731
+    final = lambda: trainer.step >= trainer.stop_step  # noqa: E731  the last step of this call (or of the run)
     return [
         Hook("log", lambda end: trainer.step % t.log_every == 0 or end or final(), log_row),
         Hook("samples", lambda end: bool(t.sample_every and trainer.step % t.sample_every == 0) or end,
              lambda end: events.picture(trainer.step, trainer.sample_grid())),
-        Hook("evaluate", lambda end: evaluator is not None and (trainer.step % evaluator.every == 0 or final()),
+        Hook("evaluate", lambda end: evaluator is not None and (evaluator.due(trainer.step, trained()) or final()),
              evaluate),
         Hook("checkpoint", lambda end: end or final() or time.monotonic() - last_checkpoint[0] > t.ckpt_minutes * 60,
              checkpoint),

@@ -39,6 +39,7 @@ from . import distributed
 from .checkpoint import candidates, check_compatible, load_latest, save_checkpoint, save_generator
 from .hooks import periodic_hooks
 from .runlog import Interrupted, LossWindow, RunLog, StopRequests, check_finite, plot_losses
+from .schedule import Plan, Schedules
 from .step import GANStep
 
 
@@ -78,6 +79,8 @@ class Trainer:
             raise UserError(f"only {len(self.data)} examples for train.batch_size={t.batch_size}; lower the batch size")
         self.steps_per_epoch = len(self.data) // t.batch_size
         self.total_steps = t.max_steps or t.epochs * self.steps_per_epoch
+        self.plan = Plan(self.total_steps, t.minutes)  # the schedules' length; train.minutes re-plans it
+        self.schedules = Schedules(cfg)
         self.gen = torch.Generator(self.device).manual_seed(t.seed)  # every random draw of the loop and the step
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
@@ -85,6 +88,7 @@ class Trainer:
         if self.data.multi_label:
             self.gan.sets = self.data.labels
         self.step, self.elapsed = 0, 0.0
+        self.stop_step = self.total_steps  # where this call of run() stops (a race's segment stops earlier)
         self._order: Optional[torch.Tensor] = None
         self._order_epoch = -1
         if resume:
@@ -101,6 +105,7 @@ class Trainer:
             "step": self.step,
             "epoch": self.step // self.steps_per_epoch,
             "elapsed": self.elapsed,
+            "planned_steps": self.plan.steps,
             "data_sha256": self.data.sha256,
             **self.gan.state_dict(),
             "rng": random_state(self.gen, self.device),
@@ -121,7 +126,10 @@ class Trainer:
         self.gan.load_state_dict(state)
         set_random_state(state["rng"], self.gen, self.device)
         self.step, self.elapsed = state["step"], state["elapsed"]
-        print(f"train: resumed from {state['path']} at step {self.step}/{self.total_steps}")
+        self.plan = Plan(self.total_steps, self.cfg.train.minutes, state.get("planned_steps", 0))
+        if self.plan.out_of_time(self.elapsed):  # the time budget was spent: the run is finished
+            self.total_steps = self.step
+        print(f"train: resumed from {state['path']} at step {self.step}/{self.plan.steps}")
 
     def save(self, epoch_copy: Optional[int] = None) -> None:
         if self.world.is_main:
@@ -147,8 +155,9 @@ class Trainer:
             batch = Batch(batch)
         return self.gan(batch, generator_turn=(self.step + 1) % self.cfg.loss.n_critic == 0)
 
-    def run(self) -> Path:
-        """Train to ``total_steps`` (resuming wherever the run stopped); returns ``generator.pt``."""
+    def run(self, until: Optional[int] = None) -> Path:
+        """Train to ``total_steps`` (resuming wherever the run stopped), or stop at step ``until`` with the
+        schedules still planned for the whole run (a race's segment); returns ``generator.pt``."""
         from tqdm.auto import tqdm
 
         t = self.cfg.train
@@ -158,7 +167,8 @@ class Trainer:
                 named = {"preset": self.preset} if self.preset else {}
                 write_json(self.run_dir / "config.json", {"version": __version__, **named, **self.cfg.to_dict()})
             log = RunLog(self.run_dir / "log.csv", self.step) if main else None
-            if self.step >= self.total_steps:
+            self.stop_step = min(self.total_steps, until or self.total_steps)
+            if self.step >= self.stop_step:
                 print(f"train: {self.run_dir} already trained to step {self.step}")
                 return self._finish(log)
             bar = tqdm(total=self.total_steps, initial=self.step, unit="step", desc=f"train {self.run_dir.name}",
@@ -168,18 +178,21 @@ class Trainer:
             self.gan.G.train()
             self.gan.D.train()
             try:  # the bar ends its line even when the loop stops on an error, so the error gets its own
-                while self.step < self.total_steps:
+                while self.step < self.stop_step:
+                    self.schedules.apply(self.gan, self.plan.progress(self.step))
                     stats = self.train_step(self._next_batch())
                     window.add(stats)
                     if not (t.fast or self.gan.scaled):  # the sample code's habit: read every loss back at once
                         check_finite({k: v.item() for k, v in stats.items()}, self.step)
                     self.step += 1
                     bar.update(1)
+                    if self.plan.out_of_time(self.elapsed + window.running()):
+                        self.total_steps = self.stop_step = self.step  # the budget is spent: this step is the last
                     end_of_epoch = self.step % self.steps_per_epoch == 0
                     for hook in hooks:
                         if hook.due(end_of_epoch):
                             hook.run(end_of_epoch)
-                    if stop.signal is not None and self.step < self.total_steps:
+                    if stop.signal is not None and self.step < self.stop_step:
                         if log:
                             log.close()
                         self.save()
@@ -224,7 +237,8 @@ class Trainer:
 
 
 def train(cfg: Config, data: Union[str, Path, Source], run_dir: Path, device: str = "auto", resume: bool = True,
-          progress: bool = True, preset: str = "", evaluation: Optional[Dict] = None) -> Path:
+          progress: bool = True, preset: str = "", evaluation: Optional[Dict] = None,
+          until: Optional[int] = None) -> Path:
     """Train (or resume) the run in ``run_dir`` on prepared data (or a source); returns the path of ``generator.pt``.
 
     The run folder is locked first, so a second ``train`` of the same run is refused before it reads
@@ -236,4 +250,4 @@ def train(cfg: Config, data: Union[str, Path, Source], run_dir: Path, device: st
     """
     with distributed.process_group(device):
         with RunLock(run_dir) if distributed.current().is_main else contextlib.nullcontext():
-            return Trainer(cfg, data, run_dir, device, resume, progress, preset, evaluation).run()
+            return Trainer(cfg, data, run_dir, device, resume, progress, preset, evaluation).run(until)

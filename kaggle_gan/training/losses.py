@@ -46,7 +46,8 @@ class GANLoss:
         """Loss to minimise for the critic, and detached extra statistics to log."""
         raise NotImplementedError
 
-    def generator_loss(self, D: nn.Module, fake: Tensor, ctx: StepContext) -> Tensor:
+    def generator_loss(self, D: nn.Module, fake: Tensor, ctx: StepContext, real: Optional[Tensor] = None) -> Tensor:
+        """Loss to minimise for the generator; ``real`` is the step's real batch (a relativistic loss needs it)."""
         raise NotImplementedError
 
     def after_critic_step(self, D: nn.Module) -> None:
@@ -95,7 +96,7 @@ class BCELoss(GANLoss):
         return loss, {"d_real": torch.sigmoid(r).mean().detach(), "d_fake": torch.sigmoid(f).mean().detach(),
                       **diagnostics(r, f)}
 
-    def generator_loss(self, D, fake, ctx):
+    def generator_loss(self, D, fake, ctx, real=None):
         with ctx.autocast():
             f = D(fake).float()
         return F.binary_cross_entropy_with_logits(f, torch.ones_like(f))
@@ -114,7 +115,7 @@ class WGANLoss(GANLoss):
         wdist = r.mean() - f.mean()
         return -wdist, {"wdist": wdist.detach(), **diagnostics(r, f)}
 
-    def generator_loss(self, D, fake, ctx):
+    def generator_loss(self, D, fake, ctx, real=None):
         with ctx.autocast():
             return -D(fake).float().mean()
 
@@ -178,9 +179,57 @@ class HingeLoss(GANLoss):
         return F.relu(1 - r).mean() + F.relu(1 + f).mean(), {"d_real": r.mean().detach(), "d_fake": f.mean().detach(),
                                                                **diagnostics(r, f)}
 
-    def generator_loss(self, D, fake, ctx):
+    def generator_loss(self, D, fake, ctx, real=None):
         with ctx.autocast():
             return -D(fake).float().mean()
+
+
+class RelativisticLoss(GANLoss):
+    """Relativistic pairing with R1 and R2 (R3GAN: Huang et al., NeurIPS 2024).
+
+    Critic: softplus(-(D(real) - D(fake))), each real image against the fake
+    beside it, plus ``gamma / 2`` E||grad D||^2 at the real images (R1) and at
+    the fakes (R2). Generator: softplus(-(D(fake) - D(real))). The critic is
+    judged by the gap between pairs, not by each score's sign, so it cannot go
+    flat at a fixed point the way a saturated hinge critic sits at 2; the two
+    zero-centred penalties keep it smooth on both distributions. ``gamma`` is
+    set by the step's schedule (``loss.gamma`` -> ``loss.gamma_final``).
+
+    The penalties' input gradients come from the same forward pass as the
+    scores (one pass over real and fake, differentiated twice); in fp16 that
+    pass runs in fp32, as :func:`input_gradient` explains.
+    """
+
+    name = "rpgan"
+    double_backward = True
+
+    def __init__(self, gamma: float):
+        self.gamma = gamma
+
+    def critic_loss(self, D, real, fake, ctx):
+        real = real.detach().float().requires_grad_(True)
+        fake = fake.detach().float().requires_grad_(True)
+        with contextlib.nullcontext() if ctx.fp16 else ctx.autocast():
+            if ctx.joint:
+                scores = D(torch.cat([real, fake])).float()
+                r, f = scores[: len(real)], scores[len(real):]
+            else:
+                r, f = D(real).float(), D(fake).float()
+        gap = r - f
+        grad_r, grad_f = torch.autograd.grad((r.sum(), f.sum()), (real, fake), create_graph=True)
+        r1 = grad_r.float().flatten(1).pow(2).sum(1).mean()
+        r2 = grad_f.float().flatten(1).pow(2).sum(1).mean()
+        loss = F.softplus(-gap).mean() + self.gamma / 2 * (r1 + r2)
+        return loss, {"r1": r1.detach(), "r2": r2.detach(), "gap": gap.detach().mean(), **diagnostics(r, f)}
+
+    def generator_loss(self, D, fake, ctx, real=None):
+        if real is None:
+            raise ValueError("the relativistic loss compares fakes with the step's real batch: pass real")
+        with ctx.autocast():
+            f = D(fake).float()
+            with torch.no_grad():  # the real images' scores are constants for the generator
+                r = D(real).float()
+        return F.softplus(-(f - r)).mean()
 
 
 def r1_penalty(D: nn.Module, real: Tensor, ctx: StepContext) -> Tensor:
@@ -203,8 +252,8 @@ class WithR1(GANLoss):
         stats["r1"] = r1.detach()
         return loss + self.gamma / 2 * r1, stats
 
-    def generator_loss(self, D, fake, ctx):
-        return self.inner.generator_loss(D, fake, ctx)
+    def generator_loss(self, D, fake, ctx, real=None):
+        return self.inner.generator_loss(D, fake, ctx, real)
 
     def after_critic_step(self, D):
         self.inner.after_critic_step(D)
@@ -233,8 +282,8 @@ class WithClassifier(GANLoss):
         stats["aux_real"] = ce.detach()
         return loss + self.weight * ce, stats
 
-    def generator_loss(self, D, fake, ctx):
-        loss = self.inner.generator_loss(D, fake, ctx)
+    def generator_loss(self, D, fake, ctx, real=None):
+        loss = self.inner.generator_loss(D, fake, ctx, real)
         with ctx.autocast():
             return loss + self.weight * D.class_loss(fake)
 
@@ -252,8 +301,10 @@ def build_loss(loss_cfg) -> GANLoss:
         loss = WGANGPLoss(loss_cfg.gp_lambda)
     elif loss_cfg.name == "hinge":
         loss = HingeLoss()
+    elif loss_cfg.name == "rpgan":
+        loss = RelativisticLoss(loss_cfg.gamma)
     else:
-        raise ValueError(f"unknown loss.name {loss_cfg.name!r}; choose bce, wgan, wgan-gp or hinge")
+        raise ValueError(f"unknown loss.name {loss_cfg.name!r}; choose bce, wgan, wgan-gp, hinge or rpgan")
     gamma = getattr(loss_cfg, "r1_gamma", 0.0)
     if gamma > 0:
         loss = WithR1(loss, gamma)

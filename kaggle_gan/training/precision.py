@@ -13,6 +13,7 @@ from ..config import Config
 @dataclass
 class Precision:
     dtype: Optional[torch.dtype]
+    device_type: str = "cuda"
 
     @property
     def name(self) -> str:
@@ -21,17 +22,18 @@ class Precision:
     def autocast(self):
         if self.dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=self.dtype)
+        return torch.autocast(self.device_type, dtype=self.dtype)
 
 
 def choose_precision(amp: str, device: torch.device) -> Precision:
     """bf16 on GPUs with bf16 tensor cores (compute capability 8.0+: A100, H100, RTX 30xx+), fp16 with
-    gradient scaling on older ones (T4, P100, V100, where bf16 is emulated and slow); fp32 on CPU."""
-    if device.type != "cuda" or amp == "off":
-        return Precision(None)
+    gradient scaling on older ones (T4, P100, V100, where bf16 is emulated and slow); fp32 on CPU unless
+    ``amp`` names a precision (CPU autocast: slower here, but how a T4's fp16 step is tested without one)."""
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return Precision(None, device.type)
     if amp == "auto":
         return Precision(torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16)
-    return Precision({"bf16": torch.bfloat16, "fp16": torch.float16}[amp])
+    return Precision({"bf16": torch.bfloat16, "fp16": torch.float16}[amp], device.type)
 
 
 def make_optimizer(params, cfg: Config, lr: float, device: torch.device) -> torch.optim.Optimizer:

@@ -112,6 +112,10 @@ class LossWindow:
         self.restart(step)
         return means, seconds, steps
 
+    def running(self) -> float:
+        """Seconds of training since the window started (other work excluded)."""
+        return time.perf_counter() - self.started
+
     def exclude(self, seconds: float) -> None:
         """Leave ``seconds`` of other work (an evaluation) out of the window's time."""
         self.started += seconds

@@ -58,8 +58,8 @@ class GANStep:
         self.opt_D = make_optimizer(self.D.parameters(), cfg, cfg.optim.lr_d, device)
         self.precision = choose_precision(t.amp, device)
         self.scaled = self.precision.dtype == torch.float16
-        self.scaler_G = torch.amp.GradScaler("cuda", enabled=self.scaled)
-        self.scaler_D = torch.amp.GradScaler("cuda", enabled=self.scaled)
+        self.scaler_G = torch.amp.GradScaler(device.type, enabled=self.scaled)
+        self.scaler_D = torch.amp.GradScaler(device.type, enabled=self.scaled)
         # one critic pass over real and fake where nothing couples the examples of a batch (no batch norm);
         # a conditional critic's labels are bound per batch, so it keeps two passes
         joint = t.joint_critic and not cfg.model.classes and not any(
@@ -95,8 +95,9 @@ class GANStep:
         stats["d_loss"] = d_loss.detach()
         return stats
 
-    def generator_step(self, labels: Optional[torch.Tensor]) -> torch.Tensor:
-        """One optimiser step of G (and an EMA update); the detached generator loss."""
+    def generator_step(self, real: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+        """One optimiser step of G (and an EMA update); the detached generator loss. ``real`` is the step's
+        real batch, which a relativistic loss compares the fakes with."""
         G, D = bind(self.G_step, labels), bind(self.D_step, labels)
         # D's weight gradients from the generator's loss are never used (zeroed before the next critic
         # step): freezing D skips computing them. Not under DDP, whose reducer expects every gradient.
@@ -106,7 +107,7 @@ class GANStep:
         if freeze:
             self.D.requires_grad_(False)
         try:
-            g_loss = self.loss.generator_loss(D, fake, self.ctx)
+            g_loss = self.loss.generator_loss(D, fake, self.ctx, real)
             self.opt_G.zero_grad(set_to_none=True)
             self.scaler_G.scale(g_loss).backward()
         finally:
@@ -127,7 +128,7 @@ class GANStep:
     def _both(self, batch: Batch, generator_turn: bool) -> Dict[str, torch.Tensor]:
         stats = self.critic_step(batch.x, batch.y)
         if generator_turn:
-            stats["g_loss"] = self.generator_step(batch.y)
+            stats["g_loss"] = self.generator_step(batch.x, batch.y)
         return stats
 
     def sampler(self) -> nn.Module:
