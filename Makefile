@@ -238,8 +238,10 @@ cgan: $(INSTALLED)
 # lab's), trains ~20 min on 2 CPU cores, grades test.json and new_test.json; a re-run resumes
 ICLEVR_DATA ?=
 ICLEVR_ARGS ?=
+# other condition files in the lab's format to grade too (space-separated; no retraining)
+ICLEVR_TESTS ?=
 iclevr: $(INSTALLED)
-	$(KG) iclevr --work '$(WORK)' --data '$(ICLEVR_DATA)' --device $(DEVICE) $(ICLEVR_ARGS)
+	$(KG) iclevr --work '$(WORK)' --data '$(ICLEVR_DATA)' --device $(DEVICE) $(foreach f,$(ICLEVR_TESTS),--tests '$(f)') $(ICLEVR_ARGS)
 
 leaderboard: $(INSTALLED)
 	$(KG) leaderboard --work '$(WORK)'

@@ -135,7 +135,7 @@ def _iclevr(a):
         print(describe())
         return
     iclevr(Path(a.out or Path(a.work) / "iclevr"), data=a.data or None, overrides=parse_set(a.set), scenes=a.scenes,
-           evaluator=a.evaluator, device=a.device, cache=Path(a.work) / "cache" / "grader")
+           evaluator=a.evaluator, device=a.device, cache=Path(a.work) / "cache" / "grader", tests=a.tests)
 
 
 def _leaderboard(a):
@@ -326,12 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
 
     s = command("iclevr", _iclevr, "multi-object conditional GAN (the i-CLEVR lab): render, train, grade on "
-                "test.json and new_test.json")
+                "our validation sets and the lab's test.json and new_test.json")
     s.add_argument("--data", help="a real i-CLEVR folder (objects.json, train.json, test.json, new_test.json, "
                    "images/); default: render scenes")
     s.add_argument("--scenes", type=int, default=18_000, help="scenes to render when no --data (default: %(default)s)")
     s.add_argument("--evaluator", help="the lab's evaluator checkpoint (ResNet-18, 24-way sigmoid) to grade with "
-                   "instead of our classifier")
+                   "beside our two graders")
+    s.add_argument("--tests", action="append", default=[], metavar="SETS.json",
+                   help="another condition file in the lab's format to grade (repeatable; no retraining)")
     s.add_argument("--out", help="output folder (default: WORK/iclevr)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set train.max_steps=3000 (repeatable)")

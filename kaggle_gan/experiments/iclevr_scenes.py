@@ -133,8 +133,47 @@ def random_set(rng: np.random.Generator) -> List[str]:
     return [OBJECTS[i] for i in sorted(rng.choice(len(OBJECTS), size=k, replace=False))]
 
 
-TEST_SEEDS = {"test.json": 2022_1, "new_test.json": 2022_2}  # 32 object sets each, as the lab's files hold
-TEST_SETS = 32
+LAB = Path(__file__).resolve().parents[1] / "data" / "iclevr"  # the lab's own condition files, shipped as data
+LAB_TESTS = ("test.json", "new_test.json")
+# our validation sets, drawn like the lab's files but never the same sets: (seed, sets of 1, 2 and 3 objects,
+# sets in which one colour sits on two shapes). Recipes are chosen on these; the lab's files are reported once.
+VALIDATION = {"val_test.json": (2022_1, (6, 12, 14), 3), "val_new_test.json": (2022_2, (0, 12, 20), 28)}
+
+
+def lab_sets(name: str) -> List[List[str]]:
+    """One of the lab's shipped condition files (``test.json``, ``new_test.json``): its object-name lists."""
+    import json
+
+    return json.loads((LAB / name).read_text())
+
+
+def binds(objects: Sequence[str]) -> bool:
+    """Whether a set puts one colour on two shapes (``red sphere`` and ``red cube``): it tests binding."""
+    colours = [o.split(" ")[0] for o in objects]
+    return len(set(colours)) < len(colours)
+
+
+def validation_sets(seed: int, sizes: Sequence[int], binding: int) -> List[List[str]]:
+    """Sets drawn like a lab file: ``sizes[k - 1]`` sets of k objects, of which ``binding`` (among the sets of
+    two or three) put one colour on two shapes and the rest have all colours distinct; seeded, shuffled."""
+    rng = np.random.default_rng(seed)
+    ks = [k for k, n in zip((1, 2, 3), sizes) for _ in range(n)]
+    multi = [i for i, k in enumerate(ks) if k > 1]
+    chosen = set(rng.choice(multi, size=binding, replace=False).tolist()) if binding else set()
+    colours = list(COLOURS)
+    sets = []
+    for i, k in enumerate(ks):
+        if i in chosen:  # a colour on two shapes, and for three objects a third of another colour
+            c = colours[rng.integers(len(colours))]
+            objects = [f"{c} {s}" for s in rng.choice(SHAPES, size=2, replace=False)]
+            if k == 3:
+                other = [x for x in colours if x != c][rng.integers(len(colours) - 1)]
+                objects.append(f"{other} {SHAPES[rng.integers(len(SHAPES))]}")
+        else:  # every colour distinct
+            objects = [f"{c} {SHAPES[rng.integers(len(SHAPES))]}" for c in rng.choice(colours, size=k, replace=False)]
+        sets.append(sorted(objects, key=OBJECTS.index))
+    order = rng.permutation(len(sets))
+    return [sets[j] for j in order]
 
 
 def _render_file(args) -> None:
@@ -151,8 +190,9 @@ def write_layout(out: Union[str, Path], count: int = 18_000, seed: int = 0, work
                  progress: bool = True) -> Path:
     """Render ``count`` training scenes into the lab's layout under ``out``; same arguments, same bytes.
 
-    ``objects.json`` (name -> index), ``train.json`` (file name -> object names), ``test.json`` and
-    ``new_test.json`` (32 object-name lists each, from their own seeds), ``images/NNNNNN.png``.
+    ``objects.json`` (name -> index), ``train.json`` (file name -> object names; 1, 2 or 3 distinct
+    objects, a third each, as the lab's ``train.json``), the lab's own ``test.json`` and ``new_test.json``,
+    ``images/NNNNNN.png``.
     Scene i is ``render(objects, seed * 1_000_003 + i)``: one image can be drawn again alone, so an
     interrupted render keeps the images it finished and draws only the rest. ``train.json`` is written
     last: it marks the layout complete. ``workers`` processes (0: one per core).
@@ -181,10 +221,32 @@ def write_layout(out: Union[str, Path], count: int = 18_000, seed: int = 0, work
                 for _ in pool.map(_render_file, todo, chunksize=32):
                     bar.update()
     write_json(out / "objects.json", object_index())
-    for file, test_seed in TEST_SEEDS.items():
-        test_rng = np.random.default_rng(test_seed)
-        write_json(out / file, [random_set(test_rng) for _ in range(TEST_SETS)])
+    for name in LAB_TESTS:  # the lab's own grading sets, byte for byte
+        (out / name).write_bytes((LAB / name).read_bytes())
     write_json(out / "train.json", labels)
+    return out
+
+
+def hits(scores: np.ndarray, asked: np.ndarray) -> np.ndarray:
+    """Per image, how many of its top-k objects by ``scores`` (k = objects asked for) were asked for."""
+    scores, asked = np.asarray(scores, np.float64), np.asarray(asked) > 0
+    if scores.shape != asked.shape:
+        raise ValueError(f"scores {scores.shape} and multi-hot labels {asked.shape} differ in shape")
+    out = np.zeros(len(asked), np.int64)
+    for i, (row_scores, row_asked) in enumerate(zip(scores, asked)):
+        top = np.argsort(-row_scores, kind="stable")[: int(row_asked.sum())]
+        out[i] = int(row_asked[top].sum())
+    return out
+
+
+def breakdown(scores: np.ndarray, asked: np.ndarray, groups: Sequence[str]) -> Dict[str, float]:
+    """The lab's accuracy within each group of images (hits / objects asked, over the group's images)."""
+    asked_n = (np.asarray(asked) > 0).sum(1)
+    got = hits(scores, asked)
+    out = {}
+    for group in dict.fromkeys(groups):
+        rows = np.array([g == group for g in groups])
+        out[group] = float(got[rows].sum() / asked_n[rows].sum())
     return out
 
 

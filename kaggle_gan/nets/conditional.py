@@ -137,20 +137,44 @@ class Bound(nn.Module):
 
     The loop hands a conditional critic to the loss objects through this, so
     every loss (and the gradient penalty, whose mixed images share the real
-    batch's labels) works unchanged. Holds no parameters of its own.
+    batch's labels) works unchanged. A batch of twice ``y``'s rows is a joint
+    pass over real and fake (the fakes take the real batch's conditions), so
+    ``y`` is repeated for it. With :meth:`keeping` on, each forward also keeps
+    the auxiliary head's logits of the same pass, so the head's loss costs no
+    second forward (:class:`kaggle_gan.training.losses.WithClassifier`).
+    Holds no parameters of its own.
     """
 
     def __init__(self, net: nn.Module, y: torch.Tensor):
         super().__init__()
         self.net, self.y = net, y
+        self.keep = False
+        self.logits: List[torch.Tensor] = []  # the head's logits of each forward while keeping, in order
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x, self.y)
+        y = self.y if len(x) == len(self.y) else self.y.repeat(len(x) // len(self.y), *[1] * (self.y.dim() - 1))
+        if not self.keep:
+            return self.net(x, y)
+        score, logits = self.net(x, y, logits=True)
+        self.logits.append(logits)
+        return score
+
+    def keeping(self) -> "Bound":
+        """Keep the head's logits of every forward from now on (a fresh list)."""
+        self.keep, self.logits = True, []
+        return self
 
     def class_loss(self, x: torch.Tensor) -> torch.Tensor:
-        """The critic's auxiliary head on ``x`` against the bound condition (:func:`class_loss`)."""
+        """The critic's auxiliary head on ``x`` against the bound condition (:func:`class_loss`): a forward of its own."""
         _score, logits = self.net(x, self.y, logits=True)
         return class_loss(logits, self.y)
+
+    def first_class_loss(self) -> torch.Tensor:
+        """:func:`class_loss` of the first kept forward's first rows: the images the condition belongs to (the
+        real batch of a critic step, the fakes of a generator step; a joint pass puts them first)."""
+        if not self.logits:
+            raise RuntimeError("no forward was kept: call keeping() before the loss runs the critic")
+        return class_loss(self.logits[0][: len(self.y)], self.y)
 
 
 def bind(net: nn.Module, y: Optional[torch.Tensor]) -> nn.Module:

@@ -263,8 +263,8 @@ class WithClassifier(GANLoss):
     """Any loss plus an auxiliary classifier's cross-entropy (AC-GAN, Odena et al. 2017), weighted ``weight``.
 
     For conditional runs: ``D`` is the critic bound to the batch's labels
-    (:class:`kaggle_gan.nets.conditional.Bound`), whose ``class_loss(x)`` is the
-    classifier head's cross-entropy against them. The critic learns to
+    (:class:`kaggle_gan.nets.conditional.Bound`); the classifier head's
+    cross-entropy against them is read from the inner loss's own first pass. The critic learns to
     classify real images only (classifying fakes too rewards it for what the
     generator got wrong, and costs diversity); the generator is pushed towards
     images the head reads as the class it was asked for.
@@ -276,16 +276,19 @@ class WithClassifier(GANLoss):
         self.double_backward = inner.double_backward
 
     def critic_loss(self, D, real, fake, ctx):
-        loss, stats = self.inner.critic_loss(D, real, fake, ctx)
-        with ctx.autocast():
-            ce = D.class_loss(real)
+        # the head reads the real images in the inner loss's own first pass (real first, or real then fake
+        # in one pass): no forward of its own, no second augmentation or spectral-norm power iteration
+        loss, stats = self.inner.critic_loss(D.keeping(), real, fake, ctx)
+        ce = D.first_class_loss()
+        D.keep = False
         stats["aux_real"] = ce.detach()
         return loss + self.weight * ce, stats
 
     def generator_loss(self, D, fake, ctx, real=None):
-        loss = self.inner.generator_loss(D, fake, ctx, real)
-        with ctx.autocast():
-            return loss + self.weight * D.class_loss(fake)
+        loss = self.inner.generator_loss(D.keeping(), fake, ctx, real)  # its first pass is the fakes'
+        ce = D.first_class_loss()
+        D.keep = False
+        return loss + self.weight * ce
 
     def after_critic_step(self, D):
         self.inner.after_critic_step(D)

@@ -60,10 +60,9 @@ class GANStep:
         self.scaled = self.precision.dtype == torch.float16
         self.scaler_G = torch.amp.GradScaler(device.type, enabled=self.scaled)
         self.scaler_D = torch.amp.GradScaler(device.type, enabled=self.scaled)
-        # one critic pass over real and fake where nothing couples the examples of a batch (no batch norm);
-        # a conditional critic's labels are bound per batch, so it keeps two passes
-        joint = t.joint_critic and not cfg.model.classes and not any(
-            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.D.modules())
+        # one critic pass over real and fake where nothing couples the examples of a batch (no batch norm); a
+        # conditional critic repeats the batch's conditions for it (the fakes take the real batch's)
+        joint = t.joint_critic and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.D.modules())
         self.ctx = StepContext(gen, self.precision.autocast, self.scaled, world.rank, world.size, joint)
         self.G_step = distributed.wrap(self.G, device, world)  # 1.
         self.D_step = distributed.wrap(self.D, device, world)
