@@ -223,15 +223,17 @@ def test_the_labs_evaluator_checkpoint_loads_and_a_wrong_one_is_refused(tmp_path
 def test_a_short_graded_run_reads_the_asked_objects_far_above_chance(tmp_path):
     """Render, prepare, train, grade end to end, small: 32 px, 1000 scenes, 600 steps. Chance is 0.09 and 0.10."""
     results = iclevr(tmp_path, scenes=1000, overrides=SMALL_RUN, grader_epochs=15, progress=False, device="cpu")
-    for grader, g in results["graders"].items():
-        assert g["ceiling"] > 0.6, grader  # 800 training images at 32 px
-        assert 0 <= g["blobs"] < g["ceiling"], grader  # shapes blurred away: each grader reads less
+    # 800 training images at 32 px: enough for the small CNN, little for a ResNet-18 from scratch (measured at
+    # 1 thread: 0.51); both far above chance (about 0.1), and each reads less once shapes are blurred away
+    for grader, floor in (("small CNN", 0.6), ("ResNet-18", 0.35)):
+        g = results["graders"][grader]
+        assert g["ceiling"] > floor and 0 <= g["blobs"] < g["ceiling"], (grader, g)
     assert list(results["files"]) == ["val_test.json", "val_new_test.json", "test.json", "new_test.json"]
     for name, entry in results["files"].items():
         assert entry["sets"] == 32 and entry["chance"] < 0.12 and (tmp_path / name.replace(".json", ".png")).is_file()
-        for grader in ("small CNN", "ResNet-18"):
+        for grader, above in (("small CNN", 2.0), ("ResNet-18", 1.5)):
             r = entry["graders"][grader]
-            assert r["mean_of_draws"] > 0.2, (name, grader, r)  # measured 0.297 with the small CNN alone before
+            assert r["mean_of_draws"] > above * entry["chance"], (name, grader, r)
             assert set(r["binding"]) <= {"colour on two shapes", "colours distinct"} and r["size"]
         assert entry["lowest"]["mean_of_draws"] == min(g["mean_of_draws"] for g in entry["graders"].values())
     assert json.loads((tmp_path / "accuracy.json").read_text())["steps"] == 600

@@ -123,7 +123,7 @@ def race(
     total_steps = max(1, round(kimg * 1000 / batch_size))
     marks = sorted({max(1, round(total_steps * (i + 1) / points)) for i in range(points)})
     det = afd_mod.make_detector(detector)
-    _check_settings(work, {"kimg": kimg, "points": points, "resolution": resolution, "width": width,
+    check_settings(work, {"kimg": kimg, "points": points, "resolution": resolution, "width": width,
                            "batch_size": batch_size, "seed": seed, "overrides": dict(overrides or {})})
     dev = resolve_device(device)
     model = fid_model(inception_weights, dev)
@@ -265,14 +265,15 @@ def _train_seconds(run: Path, steps: int) -> float:
     return float(log.seconds.iloc[-1]) if len(log) else 0.0
 
 
-def _check_settings(work: Path, settings: dict) -> None:
-    """A race folder holds one race: refuse to mix points of another budget or scale into it."""
-    path = work / "race.json"
+def check_settings(work: Path, settings: dict, file: str = "race.json", what: str = "a race") -> None:
+    """A race folder holds one race: refuse to mix points of another budget or scale into it (the settings
+    are written to ``file`` by the first race in the folder)."""
+    path = work / file
     if path.is_file():
         old = read_json(path)
         if old != settings:
             diff = ", ".join(f"{k}={old.get(k)!r} (now {v!r})" for k, v in settings.items() if old.get(k) != v)
-            raise UserError(f"{work} holds a race with {diff}; pass another --out (its runs are kept as they are)")
+            raise UserError(f"{work} holds {what} with {diff}; pass another --out (its runs are kept as they are)")
     else:
         write_json(path, settings)
 

@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 from ..config import resolve
 from ..core.io import UserError, atomic_path, read_json, write_json
-from .race import fid_model, race_config, race_reference, score_point
+from .race import check_settings, fid_model, race_config, race_reference, score_point
 from .race_tables import plot_minutes, seed_summary
 
 SCORES = ("afd", "fid", "fid_sd", "kid", "kid_sd", "precision", "recall")
@@ -70,7 +70,7 @@ def race_minutes(
     det = afd_mod.make_detector(detector)
     settings = {"minutes": minutes, "points": points, "resolution": resolution, "width": width,
                 "batch_size": batch_size, "overrides": dict(overrides or {})}
-    _check_settings(work, settings)
+    check_settings(work, settings, "minutes.json", "a race at equal minutes")
     dev = resolve_device(device)
     model = fid_model(inception_weights, dev)
     ref = race_reference(prepared, model, Path(fid_cache) if fid_cache else work / "cache" / "fid", ref_count,
@@ -131,15 +131,3 @@ def _curve(run: Path, preset: str, seed: int) -> "pd.DataFrame":  # noqa: F821
 
     m = pd.read_csv(run / "metrics.csv")
     return pd.DataFrame({"preset": preset, "seed": seed, "minutes": m.minutes, "kimg": m.kimg, "afd": m.afd})
-
-
-def _check_settings(work: Path, settings: dict) -> None:
-    """A folder holds one race at equal minutes: refuse runs of another budget or scale in it."""
-    path = work / "minutes.json"
-    if path.is_file():
-        old = read_json(path)
-        if old != settings:
-            diff = ", ".join(f"{k}={old.get(k)!r} (now {v!r})" for k, v in settings.items() if old.get(k) != v)
-            raise UserError(f"{work} holds a race at equal minutes with {diff}; pass another --out")
-    else:
-        write_json(path, settings)

@@ -5,6 +5,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional
 
+import torch
+
 from . import distributed
 from .evaluate import Evaluator
 from .events import Events
@@ -31,7 +33,10 @@ def periodic_hooks(trainer: "Trainer", log: Optional[RunLog], window: LossWindow
 
     def log_row(_end: bool) -> None:
         means, seconds, steps = window.take(trainer.step)
+        # the window's seconds averaged too: every rank plans its schedules from the same clock
+        means["_seconds"] = torch.tensor(seconds, device=trainer.device)
         means = {k: v.item() for k, v in distributed.mean_over_ranks(means, trainer.world).items()}
+        seconds = means.pop("_seconds")
         check_finite(means, trainer.step)
         trainer.elapsed += seconds
         trainer.plan.measured(trainer.step, steps, seconds, trainer.elapsed)

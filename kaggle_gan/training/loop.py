@@ -186,7 +186,7 @@ class Trainer:
                         check_finite({k: v.item() for k, v in stats.items()}, self.step)
                     self.step += 1
                     bar.update(1)
-                    if self.plan.out_of_time(self.elapsed + window.running()):
+                    if self._out_of_time(window):
                         self.total_steps = self.stop_step = self.step  # the budget is spent: this step is the last
                     end_of_epoch = self.step % self.steps_per_epoch == 0
                     for hook in hooks:
@@ -202,6 +202,18 @@ class Trainer:
             finally:
                 bar.close()
             return self._finish(log)
+
+    def _out_of_time(self, window: LossWindow) -> bool:
+        """Whether ``train.minutes`` is spent. Under torchrun the ranks decide together, at log rows (where they
+        meet anyway), so that all of them stop at the same step."""
+        if not self.plan.seconds:
+            return False
+        if not self.world.distributed:
+            return self.plan.out_of_time(self.elapsed + window.running())
+        if self.step % self.cfg.train.log_every:
+            return False
+        spent = torch.tensor(float(self.plan.out_of_time(self.elapsed + window.running())), device=self.device)
+        return bool(distributed.mean_over_ranks({"spent": spent}, self.world)["spent"].item() > 0)
 
     def _finish(self, log: Optional[RunLog]) -> Path:
         out = self.run_dir / "generator.pt"
