@@ -118,7 +118,7 @@ help:
 	@echo "  medium      DCGAN, 20 epochs                           -> submission/medium/"
 	@echo "  wgan        WGAN with weight clipping                  -> submission/wgan/"
 	@echo "  strong      WGAN-GP                                    -> submission/strong/"
-	@echo "  boss        SN-ResNet, hinge, DiffAugment, TTUR        -> submission/boss/"
+	@echo "  boss        DCGAN + spectral norm, hinge, DiffAugment   -> submission/boss/"
 	@echo "              (each: prepare -> train -> generate COUNT images -> submit)"
 	@echo "  train       train PRESET as RUN (resumes when interrupted)"
 	@echo "  generate    COUNT images from RUN into $(WORK)/runs/RUN/images"

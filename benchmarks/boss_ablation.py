@@ -1,6 +1,7 @@
-"""What each of boss's ingredients buys at the race's CPU scale: one race of boss per variant (a script, not a test).
+"""What each of boss-resnet's ingredients buys at the race's CPU scale: one race per variant (a script, not a test).
 
-Every variant is ``boss`` with one change (a race ``--set``), trained from the
+``boss-resnet`` is the SN-ResNet recipe, ``boss`` when this ablation ran (its figures in docs/boss-and-race.md,
+whose race folders hold ``runs/boss``). Every variant is ``boss-resnet`` with one change (a race ``--set``), trained from the
 same seed and data order for the same budget and scored as the race scores
 (AFD on 1,000 images with its binomial se, proxy FID with its half-sample
 ``+-``). ``seed2023`` and ``seed2024`` are boss itself from other seeds: the
@@ -23,6 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+PRESET = "boss-resnet"  # the recipe ablated (--preset)
 
 #: folder -> (the change, race overrides, seed or None for the race's default)
 VARIANTS = {
@@ -55,6 +58,7 @@ def main() -> None:
     p.add_argument("--inception-weights", help="as for race (default: the cached weights, else random:0)")
     p.add_argument("--detector", help="cascade XML for AFD (default: the package's default detector)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--preset", default=PRESET, help="the recipe each variant changes (default: %(default)s)")
     p.add_argument("--summary-only", action="store_true", help="train nothing; summarise the finished variants")
     a = p.parse_args()
 
@@ -72,16 +76,18 @@ def main() -> None:
             change, overrides, seed = VARIANTS[name]
             print(f"\n=== {name}: {change}", flush=True)
             if overrides is None:
-                score_raw(out, data, work / "cache" / "fid", a.ref_count, a.inception_weights, a.detector, a.device)
+                score_raw(out, data, work / "cache" / "fid", a.ref_count, a.inception_weights, a.detector, a.device,
+                          a.preset)
                 continue
-            race(data, out / name, presets=["boss"], kimg=a.kimg, points=a.points, ref_count=a.ref_count,
+            race(data, out / name, presets=[a.preset], kimg=a.kimg, points=a.points, ref_count=a.ref_count,
                  inception_weights=a.inception_weights, detector=a.detector, device=a.device,
                  overrides=overrides, fid_cache=work / "cache" / "fid", **({"seed": seed} if seed else {}))
-    table = summarise(out)
+    table = summarise(out, a.preset)
     print("\n" + table.to_string(index=False))
 
 
-def score_raw(out: Path, data: Path, fid_cache: Path, ref_count: int, inception_weights, detector, device: str) -> None:
+def score_raw(out: Path, data: Path, fid_cache: Path, ref_count: int, inception_weights, detector, device: str,
+              preset: str) -> None:
     """``noema``: the raw generator of ``default``'s last checkpoint, drawn and scored as the race scores the EMA one.
 
     EMA changes no training step, so this is "boss without EMA" at no training cost. Writes
@@ -97,12 +103,12 @@ def score_raw(out: Path, data: Path, fid_cache: Path, ref_count: int, inception_
     from kaggle_gan.training.checkpoint import load_latest, save_generator
 
     source = out / "default"
-    state = load_latest(source / "runs" / "boss" / "checkpoints")
+    state = load_latest(source / "runs" / preset / "checkpoints")
     if state is None or not (source / "race.csv").is_file():
         raise SystemExit(f"noema needs the finished default variant in {source}: run --variants default first")
     settings = read_json(source / "race.json")
     rows = pd.read_csv(source / "race.csv")
-    last = rows[rows.preset == "boss"].iloc[[-1]]
+    last = rows[rows.preset == preset].iloc[[-1]]
     if state["step"] != int(last.steps.iloc[0]):
         raise SystemExit(f"{source}'s last checkpoint is at step {state['step']}, its last point at "
                          f"{int(last.steps.iloc[0])}: finish default first")
@@ -119,7 +125,7 @@ def score_raw(out: Path, data: Path, fid_cache: Path, ref_count: int, inception_
         last.to_csv(tmp, index=False)
 
 
-def summarise(out: Path) -> "pd.DataFrame":  # noqa: F821
+def summarise(out: Path, preset: str) -> "pd.DataFrame":  # noqa: F821
     """One row per finished variant folder under ``out``: AFD at each point, the final AFD and FID with +-."""
     import pandas as pd
 
@@ -132,7 +138,7 @@ def summarise(out: Path) -> "pd.DataFrame":  # noqa: F821
         if not csv.is_file():
             continue
         race = pd.read_csv(csv)
-        race = race[race.preset == "boss"]
+        race = race[race.preset == preset]
         last = race[race.point == race.point.max()].iloc[0]
         se = afd_se(last.afd, last.n_images)
         row = {"variant": name, "change": VARIANTS[name][0]}

@@ -70,7 +70,7 @@ class TrainConfig:
     keep_epochs: bool = True  # keep a checkpoint per epoch besides last.pt
     augment: str = ""  # differentiable augmentation of real and fake before the critic, e.g. "color,translation,cutout"
     flip: bool = True  # random horizontal flips of real images (off for digits and text)
-    # real and fake in one critic pass when the critic has no batch norm (DiffAugment's BigGAN code): boss 1.36x
+    # real and fake in one critic pass when the critic has no batch norm (DiffAugment's BigGAN code): boss-resnet 1.36x
     # and strong 1.13x the images/s on an H200, the same within noise on 2 CPU cores (README, Speed)
     joint_critic: bool = True
     # quality along the run (kaggle_gan.training.evaluate): every eval_every thousand images shown (0 = off), eval_images
@@ -91,8 +91,8 @@ class RaceScale:
     shows it without importing the experiment.
 
     CPU scale: 32x32 at width 32 with batch 64. On 2 quiet cores DCGAN trains at ~1,400 img/s, WGAN-GP
-    ~1,000 and boss ~160: boss's 128k images are most of the race's time. 128k is where boss's faces
-    appear (a sweep on a GPU at this scale: AFD 0.02 at 64k, 0.4 at 96k, 0.86 at 192k).
+    ~1,000, boss (DCGAN layout, spectral norm, hinge) ~700 and boss-resnet ~160. 128k is where boss-resnet's
+    faces appear (a sweep on a GPU at this scale: AFD 0.02 at 64k, 0.4 at 96k, 0.86 at 192k).
     """
 
     kimg: float = 128.0
@@ -293,7 +293,8 @@ PRESETS: Dict[str, Preset] = {p.name: p for p in (
         ("optim.beta2", 0.9, "WGAN-GP paper"),
         ("train.epochs", 30, "2 critic steps per generator step: 30 epochs = 17k generator steps"),
     )),
-    Preset("boss", "strong", "SN-ResNet + hinge + DiffAugment: the data-efficient recipe for small fast GANs", (
+    Preset("boss-resnet", "strong", "SN-ResNet + hinge + DiffAugment: boss until the race at equal minutes, a late starter on "
+           "a CPU (median AFD 0.254 after 10 min there; docs/boss-and-race.md)", (
         ("model.arch", "resnet", "residual blocks (SN-GAN, BigGAN): better images per parameter than DCGAN"),
         ("model.d_norm", "none", "spectral norm bounds the critic instead; no per-image coupling"),
         ("model.spectral_norm", True, "a ~1-Lipschitz critic with one power iteration a layer, no penalty pass (Miyato 2018)"),
@@ -306,20 +307,20 @@ PRESETS: Dict[str, Preset] = {p.name: p for p in (
                                          "adding colour and cutout slowed the race sweep's faces (README)"),
         ("train.epochs", 40, "2.8M images of 71k faces: about 50 min at the 937 img/s measured on an H100 (README)"),
     )),
-    Preset("boss-dcgan", "boss", "boss on the DCGAN layout: the same loss, critic bound and augmentation, an eighth "
-           "of the arithmetic", (
-        ("model.arch", "dcgan", "the CPU ablation: AFD 0.636 at 128k images in 2.6 min against boss's 0.556-0.731 in "
-                                "about 22 (docs/boss-and-race.md)"),
+    Preset("boss", "boss-resnet", "boss-resnet on the DCGAN layout: the same loss, critic bound and augmentation, "
+           "an eighth of the arithmetic; the race at equal minutes' winner", (
+        ("model.arch", "dcgan", "race at equal minutes (10 min, 32 px, 3 seeds): median AFD 0.779 against "
+                                "boss-resnet's 0.254 (docs/boss-and-race.md)"),
     )),
-    Preset("boss-fast", "boss-dcgan", "boss-dcgan annealed and with DiffAugment's full policy: for the many epochs "
-           "a fast pair sees in a time budget", (
-        ("optim.lr_final", 0.1, "both learning rates fall by a cosine to a tenth over the run: at a constant rate "
-                                "boss-dcgan's AFD peaked at 4 of 10 minutes and fell back (race at equal minutes)"),
+    Preset("boss-fast", "boss", "boss annealed and with DiffAugment's full policy, for the many epochs a fast pair "
+           "sees in a time budget: median AFD 0.719 against boss's 0.779 at equal minutes", (
+        ("optim.lr_final", 0.1, "both learning rates fall by a cosine to a tenth over the run: one seed of boss "
+                                "peaked at 4 of 10 minutes (over 3 seeds it holds 0.75-0.80 from 4 minutes on)"),
         ("train.augment", "color,translation,cutout", "10 minutes show the critic each dev face about 40 times: "
                                                        "DiffAugment's policy for limited data (Zhao 2020)"),
     )),
     Preset("r3gan", "strong", "R3GAN's recipe (Huang et al. 2024) on the DCGAN layout: a relativistic loss whose critic "
-           "cannot go flat, R1 and R2, schedules over the run's length", (
+           "cannot go flat, R1 and R2, schedules over the run's length; median AFD 0.694 at equal minutes", (
         ("loss.name", "rpgan", "relativistic pairing: each real image is scored against a fake, so the critic is judged "
                                "by a gap and never sits at a flat fixed point"),
         ("loss.n_critic", 1, "the penalties keep the critic smooth without extra critic steps"),

@@ -1,4 +1,5 @@
 """The boss recipe's pieces: augmentation, ResNet pair, spectral norm, R1, and the preset on the one loop."""
+import dataclasses
 import itertools
 
 import pytest
@@ -65,7 +66,7 @@ def test_augmentation_is_differentiable_and_deterministic_given_the_generator():
 
 def test_an_unknown_augmentation_is_a_one_line_user_error():
     with pytest.raises(UserError, match="train.augment: unknown augmentation colour"):
-        resolve("boss", {"train.augment": "colour,translation"})
+        resolve("boss-resnet", {"train.augment": "colour,translation"})
 
 
 def test_augmented_critic_adds_no_state_and_scores_the_augmented_images():
@@ -90,7 +91,7 @@ def test_resnet_pair_shapes_and_range(resolution):
 
 def test_spectral_norm_makes_every_critic_layer_1_lipschitz():
     torch.manual_seed(0)
-    cfg = resolve("boss", {"model.resolution": 32, "model.d_width": 8})
+    cfg = resolve("boss-resnet", {"model.resolution": 32, "model.d_width": 8})
     _, D = build_models(cfg.model)
     D.train()
     with torch.no_grad():
@@ -120,27 +121,36 @@ def test_r1_of_a_linear_critic_is_its_squared_weight_norm():
 
 
 def test_r1_is_configuration_and_needs_a_critic_without_batch_norm():
-    cfg = resolve("boss", {"loss.r1_gamma": 0.1})
+    cfg = resolve("boss-resnet", {"loss.r1_gamma": 0.1})
     loss = build_loss(cfg.loss)
     assert isinstance(loss, WithR1) and loss.name == "hinge" and loss.double_backward
-    assert not isinstance(build_loss(resolve("boss").loss), WithR1)
+    assert not isinstance(build_loss(resolve("boss-resnet").loss), WithR1)
     with pytest.raises(UserError, match="r1_gamma needs a critic without batch norm"):
         resolve("baseline", {"loss.r1_gamma": 1.0})
 
 
 def test_boss_preset_states_its_ingredients():
-    cfg = resolve("boss")
+    cfg = resolve("boss-resnet")
     assert (cfg.model.arch, cfg.model.spectral_norm, cfg.loss.name, cfg.loss.n_critic) == ("resnet", True, "hinge", 1)
     assert cfg.optim.lr_d > cfg.optim.lr_g and cfg.train.augment == "translation"
-    assert PRESETS["boss"].parent == "strong" and all(why for _, _, why in PRESETS["boss"].changes)
+    assert PRESETS["boss-resnet"].parent == "strong" and all(why for _, _, why in PRESETS["boss-resnet"].changes)
+
+
+def test_boss_is_the_race_winner_boss_resnet_on_the_dcgan_layout():
+    """The race at equal minutes made the DCGAN layout `boss`: everything else is boss-resnet's, key for key."""
+    boss, resnet = resolve("boss"), resolve("boss-resnet")
+    assert boss.model == dataclasses.replace(resnet.model, arch="dcgan")
+    assert (boss.loss, boss.optim, boss.train) == (resnet.loss, resnet.optim, resnet.train)
+    assert [key for key, _, why in PRESETS["boss"].changes if why] == ["model.arch"]
+    assert {"boss", "boss-resnet", "boss-fast", "r3gan"} <= set(PRESETS)
 
 
 def test_boss_trains_on_the_one_loop_and_resumes_exactly(prepared, tmp_path):
     """Augmentation draws from the loop's generator: 3 + 3 resumed steps equal 6 in one go."""
     over = {**TINY, "train.max_steps": 6, "loss.r1_gamma": 0.1, "train.augment": "color,translation,cutout"}
-    full = train(resolve("boss", over), prepared, tmp_path / "a", device="cpu", progress=False)
-    train(resolve("boss", {**over, "train.max_steps": 3}), prepared, tmp_path / "b", device="cpu", progress=False)
-    resumed = train(resolve("boss", over), prepared, tmp_path / "b", device="cpu", progress=False)
+    full = train(resolve("boss-resnet", over), prepared, tmp_path / "a", device="cpu", progress=False)
+    train(resolve("boss-resnet", {**over, "train.max_steps": 3}), prepared, tmp_path / "b", device="cpu", progress=False)
+    resumed = train(resolve("boss-resnet", over), prepared, tmp_path / "b", device="cpu", progress=False)
     a, b = torch.load(full, weights_only=True), torch.load(resumed, weights_only=True)
     for k in a["G"]:
         assert torch.equal(a["G"][k], b["G"][k]), k
@@ -152,7 +162,7 @@ def test_boss_trains_on_the_one_loop_and_resumes_exactly(prepared, tmp_path):
 
 
 def test_a_boss_step_changes_both_networks(prepared, tmp_path):
-    t = Trainer(resolve("boss", TINY), prepared, tmp_path / "s", device="cpu", progress=False)
+    t = Trainer(resolve("boss-resnet", TINY), prepared, tmp_path / "s", device="cpu", progress=False)
     before = [p.detach().clone() for p in itertools.chain(t.gan.G.parameters(), t.gan.D.parameters())]
     t.train_step(t._batch(torch.randperm(len(t.data)), 0))
     after = list(itertools.chain(t.gan.G.parameters(), t.gan.D.parameters()))
@@ -195,7 +205,7 @@ def test_an_older_generator_checkpoint_loads_and_draws_the_same_images():
 
 
 def test_an_older_boss_checkpoint_resumes_with_its_adam_moments(prepared, tmp_path):
-    t = Trainer(resolve("boss", TINY), prepared, tmp_path / "s", device="cpu", progress=False)
+    t = Trainer(resolve("boss-resnet", TINY), prepared, tmp_path / "s", device="cpu", progress=False)
     for i in range(2):
         t.train_step(t._batch(torch.arange(len(t.data)), i))
     state = t.gan.state_dict()
@@ -216,7 +226,7 @@ def test_an_older_boss_checkpoint_resumes_with_its_adam_moments(prepared, tmp_pa
                       else state["opt_G"]["state"][names.index(n)])
     group = {**state["opt_G"]["param_groups"][0], "params": list(range(len(old_names)))}
     old = {**state, "G": old_G, "opt_G": {"state": old_opt, "param_groups": [group]}}
-    fresh = Trainer(resolve("boss", TINY), prepared, tmp_path / "r", device="cpu", progress=False)
+    fresh = Trainer(resolve("boss-resnet", TINY), prepared, tmp_path / "r", device="cpu", progress=False)
     fresh.gan.load_state_dict(old)
     for p, q in zip(fresh.gan.G.parameters(), t.gan.G.parameters()):
         assert torch.equal(p, q)

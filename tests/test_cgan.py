@@ -55,7 +55,7 @@ def test_projection_critic_scores_depend_on_the_label_and_the_classifier_head_is
 
 def test_conditional_keys_are_checked_before_any_work():
     with pytest.raises(UserError, match="model.arch=dcgan"):
-        resolve("boss", {"model.classes": 10})
+        resolve("boss-resnet", {"model.classes": 10})
     with pytest.raises(UserError, match="loss.aux_weight needs labels"):
         resolve("baseline", {"loss.aux_weight": 1.0})
     with pytest.raises(UserError, match="cond_input"):

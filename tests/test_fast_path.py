@@ -97,12 +97,12 @@ def test_boss_compiles_with_inductor_without_falling_back(prepared, tmp_path, ca
     # one pass a hinge margin that rounding tips over moved g_loss by 1.2e-3 relative at step 1 (1e-6 with two)
     two = {"train.joint_critic": False}
     torch._dynamo.reset()
-    compiled, w_compiled = losses(prepared, tmp_path / "c", "boss", 3, **{"train.compile": True, **two})
+    compiled, w_compiled = losses(prepared, tmp_path / "c", "boss-resnet", 3, **{"train.compile": True, **two})
     out = capsys.readouterr().out
     torch._dynamo.reset()
     assert "torch.compile failed" not in out and "unavailable" not in out, out
     assert "the critic runs eagerly (spectral norm)" in out
-    eager, w_eager = losses(prepared, tmp_path / "e", "boss", 3, **{"train.compile": False, **two})
+    eager, w_eager = losses(prepared, tmp_path / "e", "boss-resnet", 3, **{"train.compile": False, **two})
     for step, (a, b) in enumerate(zip(compiled, eager)):
         for k in a:
             assert a[k] == pytest.approx(b[k], rel=1e-3, abs=1e-5), (step, k)
@@ -112,7 +112,7 @@ def test_boss_compiles_with_inductor_without_falling_back(prepared, tmp_path, ca
     # running statistics too. The same holds for single weights whose gradient is near zero: Adam's
     # early steps are about +-lr whatever the gradient's size, so two runs whose rounding differs can
     # part by up to 2 lr a step in such elements (seen: 4.5e-4 in G's input layer after 3 steps).
-    cfg = resolve("boss", SMALL)
+    cfg = resolve("boss-resnet", SMALL)
     G = build_models(cfg.model)[0]
     checked = [f"{name}.weight" for name, m in G.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     checked += [k for k in w_eager if k.startswith("D.") and w_eager[k].is_floating_point()]

@@ -78,7 +78,7 @@ def test_race_trains_each_recipe_once_for_the_same_budget(prepared, tmp_path, ca
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "boss_ablation.py"), "--work", str(work),
                           "--data", str(prepared), "--out", str(tmp_path / "ablation"), "--variants", "noema",
                           "--ref-count", "8", "--inception-weights", "random:0", "--detector", str(CASCADE),
-                          "--device", "cpu"], capture_output=True, text=True, check=True).stdout
+                          "--device", "cpu", "--preset", "boss"], capture_output=True, text=True, check=True).stdout
     summary = pd.read_csv(tmp_path / "ablation" / "ablation.csv")
     assert summary.variant.tolist() == ["default", "noema"]
     assert (tmp_path / "ablation" / "ablation.png").stat().st_size > 0

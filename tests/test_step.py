@@ -118,7 +118,7 @@ def test_schedules_run_from_their_start_to_their_end_value_over_the_plan():
     # the EMA's half-life: 0 at the start, 10k images after a tenth of the run: decay 0.5 per 10k images
     per_step = cfg.train.batch_size * cfg.loss.n_critic
     assert start["ema_decay"] == 0.0 and end["ema_decay"] == pytest.approx(0.5 ** (per_step / 10_000))
-    assert not Schedules(resolve("boss", SMALL)).active  # today's presets: nothing scheduled, nothing touched
+    assert not Schedules(resolve("boss-resnet", SMALL)).active  # today's presets: nothing scheduled, nothing touched
     plan = Plan(cap=1000, minutes=1.0)  # 60 s at 10 steps/s: 600 steps
     plan.measured(step=50, steps=50, seconds=5.0, elapsed=5.0)
     assert plan.steps == 600 and plan.progress(0) == 0 and plan.progress(599) == 1
@@ -150,8 +150,29 @@ def test_a_shortened_run_ends_with_its_learning_rate_annealed(prepared, tmp_path
         assert trainer.plan.progress(trainer.step - 1) >= 0.9 and seen[-1] <= 2e-4 * 0.1 * 1.3
 
 
+def test_a_spent_time_budget_is_a_finished_run_until_given_more_minutes(prepared, tmp_path):
+    """The same command finds a run whose train.minutes are spent finished; a larger budget trains on."""
+    from test_train import tiny
+
+    from kaggle_gan.training.loop import Trainer
+
+    def trainer(minutes):
+        cfg = tiny("baseline", train__minutes=minutes, train__max_steps=100_000, train__log_every=1)
+        return Trainer(cfg, prepared, tmp_path / "r", device="cpu", progress=False)
+
+    first = trainer(0.02)
+    first.run()
+    assert first.elapsed >= 1.2 and 0 < first.step < 100_000
+    again = trainer(0.02)
+    again.run()
+    assert again.step == first.step  # nothing more to train
+    longer = trainer(0.04)
+    longer.run()
+    assert longer.step > first.step and longer.elapsed >= 2.4
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["boss-dcgan"])
+@pytest.mark.parametrize("preset", ["boss"])
 def test_fp16_with_gradient_scaling_trains_like_bf16(preset, prepared, tmp_path):
     """What a T4 or P100 runs (fp16 autocast, gradient scaling), here on CPU autocast: 200 steps, no NaN, a
     scaler that does not collapse, and the same losses as bf16 within the tolerance stated below."""
