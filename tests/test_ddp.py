@@ -50,6 +50,18 @@ def setup(tmp_path_factory):
     return root
 
 
+def two_ranks(setup, tmp_path, overrides):
+    """WORKER under torchrun with 2 processes; each rank's parameters, after checking that they are identical."""
+    (tmp_path / "worker.py").write_text(WORKER)
+    done = subprocess.run([*TORCHRUN, str(tmp_path / "worker.py"), str(setup / "data"), str(tmp_path / "run"),
+                           str(tmp_path), json.dumps(overrides)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    for k in r0["params"]:  # DDP averaged the gradients: the two copies are bit-identical
+        assert torch.equal(r0["params"][k], r1["params"][k]), k
+    return r0, r1
+
+
 def files(run):
     """The run's files; TensorBoard's event files are named by time and pid, so they count as one name each."""
     skip = (".lock", ".make-run")  # the lock and the Makefile's record of the run are not training outputs
@@ -59,15 +71,7 @@ def files(run):
 
 @pytest.mark.slow
 def test_two_ranks_stay_identical_split_the_batch_and_match_one_process(setup, tmp_path):
-    (tmp_path / "worker.py").write_text(WORKER)
-    done = subprocess.run([*TORCHRUN, str(tmp_path / "worker.py"), str(setup / "data"), str(tmp_path / "run"),
-                           str(tmp_path), json.dumps(SETTINGS)], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
-
-    # DDP averaged the gradients: after 6 steps the two copies are bit-identical
-    for k in r0["params"]:
-        assert torch.equal(r0["params"][k], r1["params"][k]), k
+    r0, r1 = two_ranks(setup, tmp_path, SETTINGS)  # after 6 steps the two copies are bit-identical
 
     # each rank drew its own half of the batch a single process draws (same images, same flips)
     one = Trainer(resolve("strong", SETTINGS), setup / "data", tmp_path / "fresh", device="cpu", progress=False)
@@ -83,6 +87,15 @@ def test_two_ranks_stay_identical_split_the_batch_and_match_one_process(setup, t
     assert ddp.d_loss[0] == pytest.approx(single.d_loss[0], rel=0.1)
     assert ddp.d_loss.mean() == pytest.approx(single.d_loss.mean(), rel=0.1)
     assert ddp.gp.mean() == pytest.approx(single.gp.mean(), rel=0.1)
+
+
+@pytest.mark.slow
+def test_two_ranks_spend_a_time_budget_together_and_stop_at_the_same_step(setup, tmp_path):
+    """train.minutes under torchrun: the ranks decide together at log rows, so neither waits for the other in
+    a collective it never reaches; both stop at one step with the same weights."""
+    two_ranks(setup, tmp_path, {**SETTINGS, "train.minutes": 0.03, "train.max_steps": 100_000})
+    steps = torch.load(tmp_path / "run" / "generator.pt", weights_only=True)["step"]
+    assert 0 < steps < 100_000 and list(pd.read_csv(tmp_path / "run" / "log.csv").step)[-1] == steps
 
 
 @pytest.mark.slow

@@ -124,7 +124,7 @@ def race(
     marks = sorted({max(1, round(total_steps * (i + 1) / points)) for i in range(points)})
     det = afd_mod.make_detector(detector)
     check_settings(work, {"kimg": kimg, "points": points, "resolution": resolution, "width": width,
-                           "batch_size": batch_size, "seed": seed, "overrides": dict(overrides or {})})
+                          "batch_size": batch_size, "seed": seed, "overrides": dict(overrides or {})})
     dev = resolve_device(device)
     model = fid_model(inception_weights, dev)
     label = model.label

@@ -206,14 +206,13 @@ class Trainer:
     def _out_of_time(self, window: LossWindow) -> bool:
         """Whether ``train.minutes`` is spent. Under torchrun the ranks decide together, at log rows (where they
         meet anyway), so that all of them stop at the same step."""
-        if not self.plan.seconds:
+        if not self.plan.seconds or (self.world.distributed and self.step % self.cfg.train.log_every):
             return False
+        spent = self.plan.out_of_time(self.elapsed + window.running())
         if not self.world.distributed:
-            return self.plan.out_of_time(self.elapsed + window.running())
-        if self.step % self.cfg.train.log_every:
-            return False
-        spent = torch.tensor(float(self.plan.out_of_time(self.elapsed + window.running())), device=self.device)
-        return bool(distributed.mean_over_ranks({"spent": spent}, self.world)["spent"].item() > 0)
+            return spent
+        vote = distributed.mean_over_ranks({"spent": torch.tensor(float(spent), device=self.device)}, self.world)
+        return bool(vote["spent"].item() > 0)
 
     def _finish(self, log: Optional[RunLog]) -> Path:
         out = self.run_dir / "generator.pt"
