@@ -1,10 +1,10 @@
 """What each of boss-resnet's ingredients buys at the race's CPU scale: one race per variant (a script, not a test).
 
 ``boss-resnet`` is the SN-ResNet recipe, ``boss`` when this ablation ran (its figures in
-docs/boss-and-race.md, whose race folders hold ``runs/boss``). Every variant is ``boss-resnet`` (``--preset``)
-with one change (a race ``--set``), trained from the same seed and data order for the same budget and scored as the race scores
-(AFD on 1,000 images with its binomial se, proxy FID with its half-sample
-``+-``). ``seed2023`` and ``seed2024`` are boss itself from other seeds: the
+docs/boss-and-race.md, whose race folders hold ``runs/boss``). Every variant is ``boss-resnet``
+(``--preset``) with one change (a race ``--set``), trained from the same seed and data order for the
+same budget and scored as the race scores (AFD on 1,000 images with its binomial se, proxy FID with
+its half-sample ``+-``). ``seed2023`` and ``seed2024`` are the preset itself from other seeds: the
 training noise that one seed per variant leaves in every row, far larger than
 the ``+-`` of one draw of images. Each variant is a race folder
 ``OUT/NAME``, so finished variants are reused and a killed run resumes; the
